@@ -1,0 +1,59 @@
+"""Image-quality measurements shared by the trainer's hold-out check and the model card."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from ncis_deploy.model.smoothing import smooth_fused
+
+HOLDOUT_NOISE = 8.0 / 255.0  # stand-in for a zero-mean perturbation of an L∞ 8/255 attack's size
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB for images in [0, 1] (averaged MSE over the whole tensor)."""
+    mse = torch.mean((x.double() - ref.double()) ** 2).item()
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def add_noise(clean: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    """Gaussian noise of std ``sigma`` from a fixed seed, clipped to [0, 1] as any valid image must be."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(clean.shape, generator=g, dtype=torch.float32)
+    return (clean + sigma * noise.to(clean.device)).clamp(0.0, 1.0)
+
+
+def noisy_pairs(images: list[np.ndarray], sigma: float = HOLDOUT_NOISE, seed: int = 0, crop: int | None = None):
+    """(clean, noisy) [1, 3, H, W] tensors, optionally centre-cropped to ``crop``², noise seeded per image."""
+    out = []
+    for i, im in enumerate(images):
+        t = torch.from_numpy(im).permute(2, 0, 1)[None]
+        if crop is not None:
+            h, w = t.shape[-2:]
+            c = min(crop, h, w)
+            y, x = (h - c) // 2, (w - c) // 2
+            t = t[..., y : y + c, x : x + c]
+        out.append((t.contiguous(), add_noise(t, sigma, seed + i)))
+    return out
+
+
+@torch.no_grad()
+def mean_psnr(fn, pairs, device="cpu") -> float:
+    vals = [psnr(fn(noisy.to(device)).clamp(0, 1).cpu(), clean) for clean, noisy in pairs]
+    return float(np.mean(vals))
+
+
+GS_SWEEP = {"kernel_size": (3, 5), "sigma": (0.5, 1.0, 2.0), "iterations": (1, 2, 3, 5, 10)}
+
+
+def gs_sweep(pairs, grid: dict | None = None) -> list[dict]:
+    """Mean PSNR of every GS setting in ``grid`` (default :data:`GS_SWEEP`), best first."""
+    grid = grid or GS_SWEEP
+    rows = []
+    for k, s, t in itertools.product(grid["kernel_size"], grid["sigma"], grid["iterations"]):
+        p = mean_psnr(lambda x: smooth_fused(x, k, s, t), pairs)
+        rows.append({"kernel_size": k, "sigma": s, "iterations": t, "psnr": p})
+    return sorted(rows, key=lambda r: -r["psnr"])

@@ -1,0 +1,272 @@
+"""Self-supervised training of the blind-spot network.
+
+The loss is ``mse(bsn(x), x)``: the network never sees the pixel it predicts, so the only way to lower the loss is to
+predict each pixel from its neighbours. With input noise that is independent per pixel and zero-mean (the noise
+augmentation, on by default), that expectation is the clean pixel: the BSN becomes a denoiser without ever seeing a
+clean target (Noise2Void / Noise2Self). ``--input gs`` trains on Gaussian-smoothed photos instead, the variant the
+NCIS WACV abstract describes.
+
+Reproducibility: every step draws its crops and noise from generators seeded by ``(seed, step)``, and a checkpoint
+holds weights, the full Adam state and the step, so a run resumed from a checkpoint computes exactly the losses the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ncis_deploy.data import ImageSet
+from ncis_deploy.errors import UserError
+from ncis_deploy.fileio import ensure_writable_dir, load_safetensors, read_json, save_safetensors, write_json
+from ncis_deploy.model.bsn import FBINet
+from ncis_deploy.model.purifier import CONFIG_NAME, PRESETS, WEIGHTS_NAME, normalize_config, save_bsn_weights
+from ncis_deploy.model.smoothing import smooth_fused
+from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs
+
+log = logging.getLogger("ncis_deploy")
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+STATE_NAME = "checkpoint.json"
+LOG_NAME = "train_log.jsonl"
+INPUT_GS = {"kernel_size": 3, "sigma": 1.0, "iterations": 2}
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None  # None: the bundled scikit-image photos
+    out: str = "runs/bsn"
+    steps: int = 2000
+    crop: int = 64
+    batch: int = 8
+    layers: int = 17
+    filters: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    noise: float = 8.0  # input noise std drawn uniformly from [0, noise]/255 per image; 0 disables it
+    input: str = "raw"  # "raw" photos or "gs"-smoothed photos
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    amp: bool | None = None  # None: on for CUDA
+
+    def validate(self) -> None:
+        for name in ("steps", "crop", "batch", "layers", "filters", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.layers < 2:
+            raise UserError(f"--layers must be >= 2 (FBI-Net has two special first layers), got {self.layers}")
+        if self.crop < 8:
+            raise UserError(f"--crop must be >= 8, got {self.crop}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.noise < 0:
+            raise UserError(f"--noise must be >= 0 (in 1/255 units), got {self.noise}")
+        if self.input not in ("raw", "gs"):
+            raise UserError(f"--input must be 'raw' or 'gs', got {self.input!r}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Adam at ``lr``, halved at 50 % and again at 75 % of the run (a function of the step, so resume is exact)."""
+    frac = step / cfg.steps
+    return cfg.lr * (0.5 if frac >= 0.5 else 1.0) * (0.5 if frac >= 0.75 else 1.0)
+
+
+def make_batch(images: ImageSet, cfg: TrainConfig, step: int) -> torch.Tensor:
+    rng = np.random.default_rng([cfg.seed, step])
+    clean = images.random_crops(rng, cfg.batch, cfg.crop)
+    if cfg.input == "gs":
+        clean = smooth_fused(clean, INPUT_GS["kernel_size"], INPUT_GS["sigma"], INPUT_GS["iterations"])
+    if cfg.noise > 0:
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        sigma = torch.rand(cfg.batch, 1, 1, 1, generator=g) * (cfg.noise / 255.0)
+        clean = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0.0, 1.0)
+    return clean
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(out: Path, cfg: TrainConfig, step: int, bsn: FBINet, opt: torch.optim.Optimizer) -> None:
+    tensors = {f"model.{k}": v for k, v in bsn.state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    save_safetensors(out / CHECKPOINT_NAME, tensors, {"format": "ncis-deploy/train-checkpoint"})
+    # the state JSON is written last and names the step: it is the commit record of the checkpoint
+    write_json(out / STATE_NAME, {"step": step, "config": asdict(cfg), "optimizer": opt_meta})
+    export_purifier(out, bsn, cfg, step)
+
+
+def export_purifier(out: Path, bsn: FBINet, cfg: TrainConfig, step: int) -> None:
+    """The loadable product of training: purifier.json (the ncis preset's stages) + bsn.safetensors."""
+    config = normalize_config({"stages": [dict(s) for s in PRESETS["ncis"].stages], "bsn": bsn.arch,
+                               "trained": {"steps": step, "seed": cfg.seed, "data": cfg.data or "bundled",
+                                           "noise": cfg.noise, "input": cfg.input}})
+    save_bsn_weights(out / WEIGHTS_NAME, bsn, {"step": str(step)})
+    write_json(out / CONFIG_NAME, config)
+
+
+def load_checkpoint(out: Path, bsn: FBINet, opt: torch.optim.Optimizer) -> tuple[int, dict]:
+    state = read_json(out / STATE_NAME, "training state")
+    tensors, _ = load_safetensors(out / CHECKPOINT_NAME, "checkpoint")
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        bsn.load_state_dict(model)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint in {out} does not fit --layers/--filters ({str(e).splitlines()[0]}); "
+                        "resume with the original settings") from None
+    opt_state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    return int(state["step"]), state["config"]
+
+
+# ------------------------------------------------------------------------------------------------------- training
+class _DeferredInterrupt:
+    """Turns the first Ctrl-C into a flag checked between steps, so the checkpoint is of a finished step."""
+
+    def __init__(self):
+        self.hit = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            self.hit = True
+            signal.signal(signal.SIGINT, self._old)  # a second Ctrl-C stops at once
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: keep the default behaviour
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Interrupted(UserError):
+    exit_code = 130
+
+
+def resume_config(cfg: TrainConfig, out: Path, explicit: set[str]) -> TrainConfig:
+    """The saved run's settings, except those given explicitly now (``steps`` may be raised to train longer)."""
+    if not (out / STATE_NAME).exists():
+        raise UserError(f"--resume: no checkpoint in {out}; start without --resume")
+    saved = read_json(out / STATE_NAME, "training state")["config"]
+    names = {f.name for f in fields(TrainConfig)}
+    merged = {n: saved.get(n, getattr(cfg, n)) for n in names}
+    for name in explicit & names:
+        if name not in ("steps", "eval_every", "checkpoint_every", "device", "amp", "out") and \
+                getattr(cfg, name) != saved.get(name):
+            raise UserError(f"--resume: --{name.replace('_', '-')} {getattr(cfg, name)} differs from the run being "
+                            f"resumed ({saved.get(name)}); drop it or start a new --out")
+        merged[name] = getattr(cfg, name)
+    return TrainConfig(**merged)
+
+
+def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = None, progress: bool = True) -> dict:
+    """Train a BSN as configured; returns a summary dict. Writes checkpoints, the log and the purifier to cfg.out."""
+    if resume:
+        cfg = resume_config(cfg, Path(cfg.out), explicit or set())
+    cfg.validate()
+    device = torch.device(cfg.device)
+    use_amp = device.type == "cuda" if cfg.amp is None else (cfg.amp and device.type == "cuda")
+
+    # read everything that can fail before the output directory is touched
+    images = ImageSet.from_folder(cfg.data, min_size=cfg.crop) if cfg.data else ImageSet.bundled("train")
+    holdout = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=1234, crop=128)
+    out = ensure_writable_dir(cfg.out)
+
+    torch.manual_seed(cfg.seed)
+    bsn = FBINet(3, cfg.layers, cfg.filters).to(device)
+    opt = torch.optim.Adam(bsn.parameters(), lr=cfg.lr)
+    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start = 0
+    log_path = out / LOG_NAME
+    if resume:
+        start, _ = load_checkpoint(out, bsn, opt)
+        if log_path.exists():  # drop log lines of steps after the checkpoint: they are recomputed
+            kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+    elif log_path.exists():
+        log_path.unlink()
+    if start >= cfg.steps:
+        raise UserError(f"--resume: the run in {out} already finished {start} steps; raise --steps to train longer")
+
+    def holdout_psnr() -> float:
+        bsn.eval()
+        p = mean_psnr(bsn, holdout, device)
+        bsn.train()
+        return p
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    t0, done, last_psnr, loss_v = time.perf_counter(), 0, None, float("nan")
+    step = start
+    bsn.train()
+    with _DeferredInterrupt() as interrupt, log_path.open("a") as logf:
+        while step < cfg.steps:
+            batch = make_batch(images, cfg, step).to(device, non_blocking=True)
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(cfg, step)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = bsn(batch)
+            loss = F.mse_loss(pred.float(), batch)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            done += 1
+            loss_v = loss.item()
+            rec = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last_psnr = rec["holdout_psnr"] = holdout_psnr()
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            ips = done * cfg.batch / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss_v:.5f}", img_s=f"{ips:.1f}",
+                            **({"psnr": f"{last_psnr:.2f}"} if last_psnr is not None else {}))
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupt.hit:
+                save_checkpoint(out, cfg, step, bsn, opt)
+            if interrupt.hit and step < cfg.steps:
+                bar.close()
+                raise Interrupted(f"interrupted at step {step}/{cfg.steps}; checkpoint saved in {out}; "
+                                  f"continue with: ncis-deploy train --out {out} --resume")
+    bar.close()
+    wall = time.perf_counter() - t0
+    summary = {"steps": step, "resumed_from": start if resume else None, "final_loss": loss_v,
+               "holdout_psnr": last_psnr, "holdout_noise": HOLDOUT_NOISE, "wall_s": wall,
+               "images_per_s": done * cfg.batch / wall, "config": asdict(cfg), "out": str(out),
+               "skipped_images": len(images.skipped)}
+    write_json(out / "train_summary.json", summary)
+    return summary

@@ -1,0 +1,53 @@
+"""Markers: ``gpu`` (needs CUDA), ``tensorrt`` (needs tensorrt + CUDA), ``slow`` (needs --runslow).
+
+They skip only where the hardware or package is missing; CPU paths never skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    skips = {
+        "gpu": (not has_cuda, "needs a CUDA GPU"),
+        "tensorrt": (not (has_trt and has_cuda), "needs the tensorrt package and a CUDA GPU"),
+        "slow": (not config.getoption("--runslow"), "slow: run with --runslow"),
+    }
+    for item in items:
+        for name, (skip, why) in skips.items():
+            if skip and name in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=why))
+
+
+def write_png(path, arr):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """A small folder of valid RGB photos (crops of a bundled photo) in nested folders."""
+    from ncis_deploy.data import bundled_photo
+
+    photo = (bundled_photo("astronaut") * 255).astype(np.uint8)
+    d = tmp_path / "images"
+    write_png(d / "a.png", photo[:96, :128])
+    write_png(d / "sub" / "b.png", photo[100:180, 50:150])
+    from PIL import Image
+
+    Image.fromarray(photo[200:300, 200:300]).save(d / "sub" / "c.jpg", quality=95)
+    return d

@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ncis_deploy import __version__
+from ncis_deploy.cli import cli
+from ncis_deploy.model.purifier import Purifier
+
+TINY = ["--crop", "16", "--batch", "2", "--layers", "3", "--filters", "8", "--steps", "2"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+def assert_user_error(result, *words):
+    """Exit 2 with one 'error: ...' line naming the problem, and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_help_and_version():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("train", "export", "bench", "eval", "purify"):
+        assert cmd in r.output
+    assert run("--version").output.strip().endswith(__version__)
+    assert "--resume" in run("train", "--help").output
+
+
+@pytest.mark.parametrize("cmd", ["export", "bench", "eval"])
+def test_later_commands_say_not_yet(cmd):
+    assert_user_error(run(cmd), "not available yet")
+
+
+def test_purify_bundled_defaults(tmp_path):
+    r = run("purify", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    outs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert outs == ["china.png", "flower.png"]
+    assert Image.open(tmp_path / "china.png").size == (640, 427)
+
+
+def test_purify_files_and_folders(tmp_path, image_dir):
+    r = run("purify", image_dir, image_dir / "a.png", "--out", tmp_path / "o", "--preset", "gs")
+    assert r.exit_code == 0, r.output
+    assert {p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.png")} == \
+        {"a.png", "sub/b.png", "sub/c.png"}
+    src = np.asarray(Image.open(image_dir / "a.png"), dtype=np.float64)
+    out = np.asarray(Image.open(tmp_path / "o" / "a.png"), dtype=np.float64)
+    assert out.shape == src.shape
+    assert np.abs(np.diff(out, axis=1)).mean() < 0.8 * np.abs(np.diff(src, axis=1)).mean()  # it smoothed
+
+
+def test_train_then_purify_with_trained_directory(tmp_path, image_dir):
+    r = run("train", "--data", image_dir, "--out", tmp_path / "run", *TINY, "--json", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s.json").read_text())["steps"] == 2
+    r = run("purify", image_dir / "a.png", "--out", tmp_path / "o", "--config", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "a.png").exists()
+
+
+def test_corrupt_image_among_good_is_a_warning(tmp_path, image_dir):
+    (image_dir / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    p = subprocess.run([sys.executable, "-m", "ncis_deploy.cli", "train", "--data", str(image_dir),
+                        "--out", str(tmp_path / "run"), *TINY], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "warning: skipped" in p.stderr and "bad.jpg" in p.stderr
+    assert "1 of 4 image files" in p.stderr
+
+
+def test_bad_input_is_one_line_exit_2_in_a_real_process(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "ncis_deploy.cli", "train", "--data", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: data directory {tmp_path / 'nope'} does not exist; "
+                                             "pass an existing folder of images with --data"]
+
+
+def small_purifier_dir(tmp_path, filters=8):
+    d = tmp_path / f"p{filters}"
+    Purifier({"stages": [{"type": "bsn", "iterations": 1}], "bsn": {"channels": 3, "layers": 3, "filters": filters}}).save(d)
+    return d
+
+
+def test_bad_inputs(tmp_path, image_dir):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run("train", "--data", tmp_path / "missing", "--out", tmp_path / "o"), "does not exist")
+    assert_user_error(run("train", "--data", tmp_path / "empty", "--out", tmp_path / "o"), "no images")
+
+    good = small_purifier_dir(tmp_path)
+    data = (good / "bsn.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-100])
+    assert_user_error(run("purify", image_dir, "--out", tmp_path / "o", "--config", good,
+                          "--weights", tmp_path / "cut.safetensors"), "truncated or corrupt")
+
+    other = small_purifier_dir(tmp_path, filters=4)
+    assert_user_error(run("purify", image_dir, "--out", tmp_path / "o", "--config", good / "purifier.json",
+                          "--weights", other / "bsn.safetensors"), "architecture", "filters")
+
+    for stage, word in [({"type": "blur", "iterations": 1}, "unknown stage type"),
+                        ({"type": "bsn", "iterations": -1}, ">= 0")]:
+        cfg = tmp_path / "bad.json"
+        cfg.write_text(json.dumps({"stages": [stage]}))
+        assert_user_error(run("purify", image_dir, "--out", tmp_path / "o", "--config", cfg), word)
+    (tmp_path / "broken.json").write_text("{nope")
+    assert_user_error(run("purify", image_dir, "--out", tmp_path / "o", "--config", tmp_path / "broken.json"),
+                      "not valid JSON")
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run("purify", image_dir, "--out", blocker / "sub"), "cannot write")
+    assert_user_error(run("train", "--data", image_dir, "--out", blocker, *TINY), "not a directory")
+    assert_user_error(run("purify", tmp_path / "nothing.png", "--out", tmp_path / "o"), "does not exist")
+    assert_user_error(run("purify", image_dir, "--preset", "gs", "--config", good), "either --preset or --config")
+    assert_user_error(run("train", "--device", "cuda", "--out", tmp_path / "o", *TINY), "CUDA")
+    assert not (tmp_path / "o").exists()  # every failure above happened before anything was written
