@@ -127,16 +127,105 @@ def train(ctx, data, out, steps, crop, batch, layers, filters, lr, seed, device,
 @click.option("--out", type=click.Path(path_type=Path), default=Path("purified"), show_default=True,
               help="Output directory for the purified PNGs.")
 @purifier_options
-@click.option("--device", type=str, default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
-              help="Inference backend (onnxruntime and tensorrt arrive with `export`).")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch", show_default=True,
+              help="torch runs the purifier itself; onnxruntime / tensorrt run an exported artifact (--model).")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Exported artifact for onnxruntime (.onnx) or tensorrt (.engine) "
+                   "[default: ncis_export/purifier.onnx or .engine].")
+@click.option("--device", type=str, default="cpu", show_default=True,
+              help="cpu, cuda or cuda:N; for onnxruntime also 'tensorrt' (its TensorRT execution provider).")
 @user_errors
-def purify(inputs, out, preset, config_path, weights, device, backend):
+def purify(inputs, out, preset, config_path, weights, backend, model, device):
     """Purify images (files or folders; default: the bundled hold-out photos) and write PNGs to --out."""
     from ncis_deploy.purify import purify_paths
 
-    written = purify_paths(list(inputs), out, resolve_purifier_source(preset, config_path, weights), weights, device)
+    written = purify_paths(list(inputs), out, resolve_purifier_source(preset, config_path, weights), weights, device,
+                           backend=backend, model=model)
     click.echo(f"wrote {len(written)} purified image(s) to {out}")
+
+
+# ----------------------------------------------------------------------------------------------------------- export
+@cli.command()
+@purifier_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("ncis_export"), show_default=True,
+              help="Export directory (replaced only by a complete export).")
+@click.option("--height", type=int, default=224, show_default=True, help="Input height (the optimum with --dynamic-hw).")
+@click.option("--width", type=int, default=224, show_default=True, help="Input width (the optimum with --dynamic-hw).")
+@click.option("--dynamic-hw", is_flag=True, help="Any H, W >= 2 at run time (GS matrices built in-graph, still exact).")
+@click.option("--batch", "batch_text", default="1:8:32", show_default=True,
+              help="Batch range MIN:OPT:MAX for the TensorRT profile; the ONNX batch is always dynamic.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 18).")
+@click.option("--fp16", is_flag=True, help="Also write an FP16-typed ONNX (and build the engine from it); its error "
+                                           "against FP32 is measured and recorded.")
+@click.option("--tensorrt/--no-tensorrt", default=None,
+              help="Build a TensorRT engine. Default: when tensorrt imports and a GPU is present.")
+@click.option("--version-compatible", is_flag=True, help="Build a version-compatible TensorRT engine (lean runtime).")
+@click.option("--workspace", "workspace_gib", type=float, default=4.0, show_default=True,
+              help="TensorRT builder workspace limit in GiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache, reused across builds [default: ~/.cache/ncis-deploy/tensorrt-timing.cache].")
+@click.option("--classifier", type=click.Path(path_type=Path), default=None,
+              help="Classifier ONNX: also write purifier+normalisation+classifier as one graph.")
+@click.option("--classifier-mean", type=float, nargs=3, default=(0.485, 0.456, 0.406), show_default=True,
+              help="Per-channel mean the classifier expects (inputs in [0, 1]).")
+@click.option("--classifier-std", type=float, nargs=3, default=(0.229, 0.224, 0.225), show_default=True,
+              help="Per-channel std the classifier expects.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the manifest here.")
+@user_errors
+def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_text, opset, fp16, tensorrt,
+           version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std, json_path):
+    """Export the fused purifier to ONNX (and a TensorRT engine where possible), check that every artifact computes
+    what PyTorch computes, and write manifest.json.
+
+    With no arguments: the ncis preset at 224x224, dynamic batch, into ./ncis_export/.
+    """
+    from ncis_deploy.exporters.pipeline import ExportOptions, export as run_export, parse_batch
+    from ncis_deploy.fileio import write_json
+
+    opts = ExportOptions(source=resolve_purifier_source(preset, config_path, weights),
+                         weights=str(weights) if weights else None, out=str(out), height=height, width=width,
+                         dynamic_hw=dynamic_hw, batch=parse_batch(batch_text), opset=opset, fp16=fp16,
+                         tensorrt=tensorrt, version_compatible=version_compatible, workspace_gib=workspace_gib,
+                         timing_cache=str(timing_cache) if timing_cache else None,
+                         classifier=str(classifier) if classifier else None,
+                         classifier_mean=tuple(classifier_mean), classifier_std=tuple(classifier_std))
+    m = run_export(opts, progress=lambda msg: click.echo(f"  {msg}", err=True))
+    click.echo(render_manifest(m, out))
+    if json_path:
+        write_json(json_path, m)
+
+
+def render_manifest(m: dict, out: Path) -> str:
+    lines = [f"export written to {out}/ in {m['export_seconds']} s", "", f"{'artifact':<28} {'bytes':>12}  sha256"]
+    lines += [f"{a['file']:<28} {a['bytes']:>12,}  {a['sha256'][:16]}…" for a in m["artifacts"]]
+    lines += ["", f"{'parity (vs PyTorch, ORT CPU)':<34} {'max abs':>10}"]
+    for k in ("fp32", "fp16"):
+        if k in m["parity"]:
+            p = m["parity"][k]
+            tol = f"(tolerance {p['tolerance']:g})" if p["tolerance"] else "(recorded)"
+            lines.append(f"{k + ', ' + str(len(p['cases'])) + ' cases':<34} {p['max_abs']:>10.2e}  {tol}")
+    if "classifier" in m["parity"]:
+        c = m["parity"]["classifier"]
+        lines.append(f"{'classifier top-1 agreement':<34} {c['top1_agreement']:>10.1%}  ({c['images']} images)")
+    b = m.get("bsn_macs", {})
+    if b.get("applicable"):
+        lines += ["", f"BSN MACs at {b['input_shape']}: {b['macs_live_taps']:,} live taps vs {b['macs_dense']:,} dense "
+                      f"({b['ratio']:.3f}x), outputs equal within {b['max_abs_diff_live_vs_dense']:.1e}"]
+    t = m["tensorrt"]
+    lines += ["", "TensorRT engine: " + ("built" if t["built"] else f"not built: {t['reason']}")]
+    return "\n".join(lines)
+
+# ----------------------------------------------------------------------------------------------------------- doctor
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@user_errors
+def doctor(as_json):
+    """Show which backends, ONNX Runtime execution providers and GPUs are really usable on this machine
+    (each provider is checked on a live session, not just listed)."""
+    from ncis_deploy.doctor import render, report
+
+    r = report()
+    click.echo(json.dumps(r, indent=2, default=str) if as_json else render(r))
 
 
 # ---------------------------------------------------------------------------------------------- later commands
@@ -150,7 +239,6 @@ def _not_yet(name: str, what: str):
     return cmd
 
 
-_not_yet("export", "Export the fused purifier to ONNX and a TensorRT engine, with parity checks")
 _not_yet("bench", "Benchmark latency and throughput of every backend, trtexec-style")
 _not_yet("eval", "Evaluate accuracy parity and robustness under attacks")
 

@@ -40,22 +40,46 @@ def save_png(path: Path, img: torch.Tensor) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None, device: str = "cpu") -> list[Path]:
+DEFAULT_ARTIFACTS = {"onnxruntime": Path("ncis_export/purifier.onnx"), "tensorrt": Path("ncis_export/purifier.engine")}
+
+
+def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None, device: str = "cpu",
+                 backend: str = "torch", model: os.PathLike | None = None) -> list[Path]:
+    """Purify image files / folders (none: the bundled hold-out photos) into PNGs under ``out`` via one backend.
+
+    ``source``/``weights`` pick the purifier for the torch backend; ``model`` is the exported artifact (.onnx or
+    .engine) for the others, by default the one ``ncis-deploy export`` wrote into ./ncis_export/.
+    """
     from tqdm.auto import tqdm
 
+    from ncis_deploy.runners import make_runner
+
     items = _collect(inputs)
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
-    purifier = load_purifier(source, device=device, weights=weights)
-    out = ensure_writable_dir(out)
+    if backend == "torch":
+        if model is not None:
+            raise UserError("--model is for the onnxruntime and tensorrt backends; the torch backend takes "
+                            "--preset/--config/--weights")
+        runner = make_runner("torch", source, device=device, weights=weights)
+    else:
+        if source is not None or weights is not None:
+            raise UserError(f"--preset/--config/--weights only apply to the torch backend; the {backend} backend runs "
+                            "the exported artifact given with --model")
+        artifact = Path(model) if model is not None else DEFAULT_ARTIFACTS.get(backend)
+        if artifact is not None and not artifact.exists():
+            raise UserError(f"{artifact} does not exist; run `ncis-deploy export` first or pass --model")
+        kw = {"providers": "tensorrt"} if backend == "onnxruntime" and device == "tensorrt" else {}
+        runner = make_runner(backend, artifact, device="cuda" if device == "tensorrt" else device, **kw)
     written = []
-    with torch.inference_mode():
+    with runner:  # loading happens here: a bad artifact fails before anything is written
+        out = ensure_writable_dir(out)
         for name, src in tqdm(items, desc="purify", unit="img", disable=len(items) < 2):
             arr = load_image(src) if isinstance(src, Path) else src
-            if min(arr.shape[:2]) < 2:
-                raise UserError(f"image {name} is {arr.shape[0]}x{arr.shape[1]}; the purifier needs at least 2x2")
-            x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(device)
+            x = np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+            try:
+                y = runner.infer(x)
+            except UserError as e:
+                raise UserError(f"{name}: {e}") from None
             dest = Path(out) / f"{name}.png"
-            save_png(dest, purifier(x)[0])
+            save_png(dest, torch.from_numpy(y[0]))
             written.append(dest)
     return written

@@ -164,8 +164,8 @@ class Purifier(nn.Module):
         tensors, meta = load_safetensors(path, "BSN weights file")
         arch = weights_arch(meta, path)
         if arch is not None and arch != self.bsn.arch:
-            raise UserError(f"BSN weights {path} are for architecture {arch}, but the config asks for {self.bsn.arch}; "
-                            "use the config that was trained with these weights")
+            raise UserError(f"BSN weights {path} do not fit the config: they are for architecture {arch}, the config "
+                            f"asks for {self.bsn.arch}; use the config that was trained with these weights")
         own = self.bsn.state_dict()
         missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
         bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]

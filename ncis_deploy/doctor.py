@@ -1,0 +1,267 @@
+"""``ncis-deploy doctor``: which backends really work on this machine, and why not.
+
+The lists packages print are not enough: ``onnxruntime.get_available_providers()`` names CUDA whenever the GPU
+build is installed, even when its CUDA/cuDNN libraries are missing and every session silently runs on CPU. So for
+each provider that claims to be available we open a live session on a tiny in-memory model and look at
+``session.get_providers()``. Every probe is wrapped: the doctor is what people run on a broken machine, so it
+must report a missing or broken package instead of raising.
+
+``python -m ncis_deploy.doctor`` prints the table; ``--json`` prints :func:`report` as JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+import warnings
+from typing import Any
+
+PROBED_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                     "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
+
+
+def _err(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+    except Exception:  # a broken dist-info
+        return None
+
+
+def _import(name: str) -> tuple[Any, str | None]:
+    """(module, None) or (None, why): never raises, whatever the import does."""
+    try:
+        return importlib.import_module(name), None
+    except BaseException as e:  # ImportError, OSError from a missing .so, even SystemExit from odd packages
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return None, _err(e)
+
+
+# --------------------------------------------------------------------------------------------------------- probes
+def _torch() -> dict:
+    mod, why = _import("torch")
+    if mod is None:
+        return {"installed": False, "error": why}
+    out: dict[str, Any] = {"installed": True, "version": getattr(mod, "__version__", "?"),
+                           "cuda_build": getattr(getattr(mod, "version", None), "cuda", None),
+                           "cuda_available": False, "gpus": []}
+    try:
+        out["cuda_available"] = bool(mod.cuda.is_available())
+        if out["cuda_available"]:
+            out["gpus"] = [mod.cuda.get_device_name(i) for i in range(mod.cuda.device_count())]
+    except Exception as e:
+        out["error"] = _err(e)
+    return out
+
+
+def _tiny_onnx() -> bytes:
+    """y = x + 1 on a [1, 4] float tensor: small enough to build an engine for in a second."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1, 4], [1.0] * 4)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"])], "doctor_probe", [x], [y], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by every onnxruntime >= 1.10
+    return model.SerializeToString()
+
+
+def _probe_provider(ort, model: bytes, provider: str) -> dict:
+    """Open a session asking for ``provider`` only, run it once, and say whether ``provider`` is really in use."""
+    import numpy as np
+
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sess = ort.InferenceSession(model, sess_options=so, providers=[provider])
+        active = sess.get_providers()
+        if provider not in active:
+            return {"live": False, "detail": f"session fell back to {', '.join(active)}"}
+        y = sess.run(None, {"x": np.zeros((1, 4), np.float32)})[0]
+        if not np.allclose(y, 1.0):
+            return {"live": False, "detail": f"wrong result from a live session: {y.ravel().tolist()}"}
+        return {"live": True, "detail": "live session ran"}
+    except Exception as e:
+        return {"live": False, "detail": _err(e)}
+
+
+def _onnxruntime() -> dict:
+    dists = {d: v for d in ORT_DISTRIBUTIONS if (v := _dist_version(d)) is not None}
+    out: dict[str, Any] = {"distributions": dists, "conflict": len(dists) > 1}
+    mod, why = _import("onnxruntime")
+    if mod is None:
+        return {**out, "installed": False, "error": why}
+    out.update(installed=True, version=getattr(mod, "__version__", "?"), available_providers=[], providers={})
+    try:
+        out["available_providers"] = list(mod.get_available_providers())
+    except Exception as e:
+        out["error"] = _err(e)
+        return out
+    try:
+        model = _tiny_onnx()
+    except Exception as e:
+        out["error"] = f"cannot build the probe model: {_err(e)}"
+        return out
+    for p in PROBED_PROVIDERS:
+        if p in out["available_providers"]:
+            out["providers"][p] = _probe_provider(mod, model, p)
+    return out
+
+
+def _tensorrt() -> dict:
+    mod, why = _import("tensorrt")
+    if mod is None:
+        return {"installed": False, "error": why}
+    return {"installed": True, "version": getattr(mod, "__version__", "?")}
+
+
+def _cuda_python() -> dict:
+    version = _dist_version("cuda-python") or _dist_version("cuda-bindings")
+    mod, why = _import("cuda.bindings.runtime")
+    if mod is None:
+        mod, _ = _import("cuda.cudart")  # cuda-python < 12.6
+        if mod is None:
+            return {"installed": False, "version": version, "error": why}
+    out: dict[str, Any] = {"installed": True, "version": version, "device_count": 0}
+    try:
+        err, count = mod.cudaGetDeviceCount()
+        if int(err) != 0:
+            out["error"] = f"cudaGetDeviceCount: {getattr(err, 'name', err)}"
+        else:
+            out["device_count"] = int(count)
+    except Exception as e:
+        out["error"] = _err(e)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- verdicts
+def _backends(r: dict) -> dict:
+    t, o, trt, cp = r["torch"], r["onnxruntime"], r["tensorrt"], r["cuda_python"]
+    out = {}
+    if not t.get("installed"):
+        out["torch"] = {"usable": False, "reason": f"torch does not import ({t.get('error')})"}
+    elif t.get("cuda_available"):
+        out["torch"] = {"usable": True, "reason": f"cpu and cuda ({', '.join(t['gpus'])})"}
+    else:
+        out["torch"] = {"usable": True, "reason": "cpu only: this torch sees no CUDA GPU"
+                        + (" (CPU build)" if not t.get("cuda_build") else "")}
+
+    if not o.get("installed"):
+        out["onnxruntime"] = {"usable": False, "reason": f"onnxruntime does not import ({o.get('error')})"}
+    else:
+        live = [p for p, v in o.get("providers", {}).items() if v["live"]]
+        dead = [f"{p}: {v['detail']}" for p, v in o.get("providers", {}).items() if not v["live"]]
+        if not live:
+            out["onnxruntime"] = {"usable": False,
+                                  "reason": "no provider opens a live session" + (f" ({o['error']})" if o.get("error")
+                                                                                  else "")}
+        else:
+            reason = "live providers: " + ", ".join(p.replace("ExecutionProvider", "") for p in live)
+            if dead:
+                reason += "; listed but not live: " + "; ".join(dead)
+            if o.get("conflict"):
+                reason += f"; WARNING: {' and '.join(o['distributions'])} are all installed and overwrite each " \
+                          "other's files: uninstall all of them, then install exactly one"
+            out["onnxruntime"] = {"usable": True, "reason": reason}
+
+    if not trt.get("installed"):
+        out["tensorrt"] = {"usable": False, "reason": "the tensorrt package is not installed: "
+                                                      "pip install 'ncis-deploy[trt]'"}
+    elif not cp.get("installed"):
+        out["tensorrt"] = {"usable": False, "reason": "cuda-python is not installed (the TensorRT runner uses it for "
+                                                      "GPU memory): pip install 'ncis-deploy[trt]'"}
+    elif not cp.get("device_count"):
+        out["tensorrt"] = {"usable": False, "reason": f"no CUDA device ({cp.get('error') or '0 devices'})"}
+    else:
+        out["tensorrt"] = {"usable": True, "reason": f"TensorRT {trt['version']}, {cp['device_count']} CUDA device(s)"}
+    return out
+
+
+def report() -> dict:
+    """Everything the doctor knows, as plain JSON-able data. Never raises."""
+    r: dict[str, Any] = {"python": {"version": platform.python_version(), "executable": sys.executable,
+                                    "platform": platform.platform()}}
+    for key, fn in (("torch", _torch), ("onnx", lambda: _simple("onnx")), ("onnxruntime", _onnxruntime),
+                    ("tensorrt", _tensorrt), ("cuda_python", _cuda_python)):
+        try:
+            r[key] = fn()
+        except Exception as e:  # a bug in a probe must not hide the other sections
+            r[key] = {"installed": False, "error": f"probe failed: {_err(e)}"}
+    try:
+        r["backends"] = _backends(r)
+    except Exception as e:
+        r["backends"] = {b: {"usable": False, "reason": f"doctor bug: {_err(e)}"}
+                         for b in ("torch", "onnxruntime", "tensorrt")}
+    return r
+
+
+def _simple(name: str) -> dict:
+    mod, why = _import(name)
+    if mod is None:
+        return {"installed": False, "error": why}
+    return {"installed": True, "version": getattr(mod, "__version__", "?")}
+
+
+# -------------------------------------------------------------------------------------------------------- render
+def render(r: dict) -> str:
+    """A human table of :func:`report`'s result."""
+    rows: list[tuple[str, str]] = [("python", f"{r['python']['version']} ({r['python']['executable']})")]
+
+    def pkg(key: str, label: str, extra: str = "") -> None:
+        d = r.get(key, {})
+        if d.get("installed"):
+            rows.append((label, f"{d.get('version') or '?'}{extra}"))
+        else:
+            rows.append((label, f"not installed / not importable ({d.get('error', '?')})"))
+
+    t = r.get("torch", {})
+    pkg("torch", "torch", f"   CUDA: {'yes — ' + ', '.join(t.get('gpus', [])) if t.get('cuda_available') else 'no'}")
+    pkg("onnx", "onnx")
+    o = r.get("onnxruntime", {})
+    dists = ", ".join(f"{k} {v}" for k, v in o.get("distributions", {}).items()) or "no distribution found"
+    pkg("onnxruntime", "onnxruntime", f"   ({dists})")
+    if o.get("installed"):
+        rows.append(("  available", ", ".join(o.get("available_providers", [])) or "none"))
+        for p, v in o.get("providers", {}).items():
+            rows.append((f"  {p}", ("live" if v["live"] else "NOT live") + f" — {v['detail']}"))
+        if o.get("conflict"):
+            rows.append(("  WARNING", f"several onnxruntime builds installed ({dists}); keep exactly one"))
+    pkg("tensorrt", "tensorrt")
+    c = r.get("cuda_python", {})
+    pkg("cuda_python", "cuda-python", f"   CUDA devices: {c.get('device_count', 0)}"
+        + (f" ({c['error']})" if c.get("error") and c.get("installed") else ""))
+
+    lines = ["ncis-deploy doctor", ""]
+    width = max(len(k) for k, _ in rows) + 2
+    lines += [f"  {k.ljust(width)}{v}" for k, v in rows]
+    lines += ["", "backends"]
+    for name, v in r.get("backends", {}).items():
+        lines.append(f"  {name.ljust(13)}{'usable' if v['usable'] else 'NOT usable':12}{v['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    argv = sys.argv[1:] if argv is None else argv
+    r = report()
+    print(json.dumps(r, indent=2) if "--json" in argv else render(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

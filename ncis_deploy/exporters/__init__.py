@@ -1,0 +1,1 @@
+"""PyTorch purifier → deployable artifacts (ONNX, TensorRT engine, manifest)."""

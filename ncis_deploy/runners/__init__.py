@@ -1,0 +1,68 @@
+"""Backends that run a purifier artifact: one module per backend, one :class:`Runner` interface.
+
+>>> from ncis_deploy.runners import make_runner
+>>> with make_runner("onnxruntime", "purifier.onnx") as r:      # or "torch" with a preset, "tensorrt" with a .engine
+...     y = r.infer(x)                                            # float32 NCHW in [0, 1] -> same shape
+
+This package adds no heavy import of its own: onnxruntime, tensorrt and cuda-python are imported by the backend
+module that needs them, when a runner is activated, so a machine without TensorRT can still run the ONNX path.
+(torch is imported by ``ncis_deploy`` itself; the torch-free path is ``export/python/purify_onnx.py``.)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ncis_deploy.errors import UserError
+from ncis_deploy.runners.base import (InactiveRunnerError, InputSpec, Runner, RunnerInputError, check_input,
+                                      input_spec_from_onnx)
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ALIASES = {"pytorch": "torch", "ort": "onnxruntime", "trt": "tensorrt"}
+
+# backend -> (module, class); the module is imported only when that backend is asked for
+_CLASSES = {
+    "torch": ("ncis_deploy.runners.torch", "TorchRunner"),
+    "onnxruntime": ("ncis_deploy.runners.onnxruntime", "OnnxRuntimeRunner"),
+    "tensorrt": ("ncis_deploy.runners.tensorrt", "TensorRTRunner"),
+}
+
+
+def make_runner(backend: str, artifact=None, *, device: str = "cpu", providers=None, **kw) -> Runner:
+    """Build an (inactive) runner.
+
+    ``artifact`` is a purifier preset / directory / config for ``torch`` (None = the ``ncis`` preset), an ``.onnx``
+    file for ``onnxruntime`` and a serialized engine for ``tensorrt``. ``device`` picks cpu/cuda for torch and,
+    when ``providers`` is not given, the onnxruntime provider; TensorRT always runs on the current CUDA device.
+    Extra keyword arguments go to the runner class.
+    """
+    key = ALIASES.get(str(backend).lower(), str(backend).lower())
+    if key not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if providers is not None and key != "onnxruntime":
+        raise UserError(f"providers only apply to the onnxruntime backend, not {key}")
+    if key != "torch" and artifact is None:
+        what = "an .onnx file" if key == "onnxruntime" else "a serialized TensorRT engine"
+        raise UserError(f"the {key} backend needs {what} to run; export one first")
+    module, cls_name = _CLASSES[key]
+    cls = getattr(importlib.import_module(module), cls_name)
+    if key == "torch":
+        return cls(artifact, device=device, **kw)
+    if key == "onnxruntime":
+        if providers is None:
+            providers = "cuda" if str(device).startswith("cuda") else "cpu"
+        if str(device).startswith("cuda:"):
+            kw.setdefault("device_id", _device_index(device))
+        return cls(artifact, providers=providers, **kw)
+    return cls(artifact, **kw)
+
+
+def _device_index(device: str) -> int:
+    try:
+        return int(str(device).split(":", 1)[1])
+    except ValueError:
+        raise UserError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'") from None
+
+
+__all__ = ["ALIASES", "BACKENDS", "InactiveRunnerError", "InputSpec", "Runner", "RunnerInputError", "check_input",
+           "input_spec_from_onnx", "make_runner"]

@@ -1,0 +1,95 @@
+"""The doctor: report() structure, live provider probes, and never raising on a machine missing packages."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from ncis_deploy import doctor
+
+
+@pytest.fixture(scope="module")
+def rep():
+    return doctor.report()
+
+
+def test_report_keys(rep):
+    assert set(rep) >= {"python", "torch", "onnx", "onnxruntime", "tensorrt", "cuda_python", "backends"}
+    assert rep["python"]["version"].count(".") == 2
+    assert rep["torch"]["installed"] and rep["torch"]["version"]
+    assert isinstance(rep["torch"]["cuda_available"], bool) and isinstance(rep["torch"]["gpus"], list)
+    assert rep["onnx"]["installed"]
+    o = rep["onnxruntime"]
+    assert o["installed"] and "CPUExecutionProvider" in o["available_providers"]
+    assert "onnxruntime" in o["distributions"] or "onnxruntime-gpu" in o["distributions"]
+    assert isinstance(o["conflict"], bool)
+    assert set(rep["backends"]) == {"torch", "onnxruntime", "tensorrt"}
+    for v in rep["backends"].values():
+        assert isinstance(v["usable"], bool) and v["reason"]
+    json.dumps(rep)  # plain data
+
+
+def test_cpu_provider_is_live(rep):
+    assert rep["onnxruntime"]["providers"]["CPUExecutionProvider"]["live"] is True
+    assert rep["backends"]["onnxruntime"]["usable"] and rep["backends"]["torch"]["usable"]
+    assert "CPU" in rep["backends"]["onnxruntime"]["reason"]
+
+
+def test_tensorrt_verdict_matches_packages(rep):
+    if not rep["tensorrt"]["installed"]:
+        assert not rep["backends"]["tensorrt"]["usable"]
+        assert "ncis-deploy[trt]" in rep["backends"]["tensorrt"]["reason"]
+
+
+def test_render_mentions_every_backend(rep):
+    text = doctor.render(rep)
+    backends = text.split("\nbackends\n", 1)[1]
+    for name in ("torch", "onnxruntime", "tensorrt"):
+        assert f"  {name}" in backends
+    assert "CPUExecutionProvider" in text and "live" in text
+    assert "usable" in backends
+
+
+def test_never_raises_without_packages(monkeypatch):
+    for name in ("torch", "onnx", "onnxruntime", "tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime",
+                 "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)  # every import of these now fails
+    r = doctor.report()
+    assert not any(v["usable"] for v in r["backends"].values())
+    assert "does not import" in r["backends"]["torch"]["reason"]
+    text = doctor.render(r)
+    assert "not installed" in text and "NOT usable" in text
+
+
+def test_listed_but_dead_provider_is_reported(monkeypatch):
+    """The available-list lies when CUDA libraries are missing: a live session must show the fallback."""
+    import onnxruntime as real
+
+    class Session:
+        def __init__(self, model, sess_options=None, providers=()):
+            self.asked = list(providers)
+
+        def get_providers(self):
+            return [p for p in self.asked if p == "CPUExecutionProvider"] or ["CPUExecutionProvider"]
+
+        def run(self, names, feeds):
+            return [feeds["x"] + 1]
+
+    fake = types.SimpleNamespace(__version__="9.9", SessionOptions=real.SessionOptions, InferenceSession=Session,
+                                 get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    r = doctor.report()
+    provs = r["onnxruntime"]["providers"]
+    assert provs["CPUExecutionProvider"]["live"] is True
+    assert provs["CUDAExecutionProvider"] == {"live": False, "detail": "session fell back to CPUExecutionProvider"}
+    reason = r["backends"]["onnxruntime"]["reason"]
+    assert "listed but not live: CUDAExecutionProvider" in reason
+    assert "NOT live" in doctor.render(r)
+
+
+def test_main_json(capsys):
+    assert doctor.main(["--json"]) == 0
+    assert "backends" in json.loads(capsys.readouterr().out)
