@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-demo: setup  ## purify the bundled hold-out photos, then train the BSN for a few steps
+demo: setup  ## export the default purifier (with parity checks), purify the bundled photos, train the BSN briefly
+	$(BIN)/ncis-deploy export --out demo/export
 	$(BIN)/ncis-deploy purify --out demo/purified
 	$(BIN)/ncis-deploy train --steps 20 --crop 32 --batch 4 --out demo/bsn
 
