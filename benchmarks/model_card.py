@@ -24,7 +24,7 @@ import ncis_deploy
 from ncis_deploy import load_purifier
 from ncis_deploy.data import BUNDLED_HOLDOUT, ImageSet
 from ncis_deploy.fileio import write_json
-from ncis_deploy.model.purifier import CONFIG_NAME, WEIGHTS_NAME, default_weights_path
+from ncis_deploy.model.purifier import WEIGHTS_NAME, default_weights_path
 from ncis_deploy.model.smoothing import smooth_fused
 from ncis_deploy.quality import HOLDOUT_NOISE, gs_sweep, mean_psnr, noisy_pairs
 
@@ -42,16 +42,11 @@ def train_command(cfg: dict) -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+
+    from ncis_deploy.doctor import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 

@@ -134,13 +134,15 @@ def train(ctx, data, out, steps, crop, batch, layers, filters, lr, seed, device,
                    "[default: ncis_export/purifier.onnx or .engine].")
 @click.option("--device", type=str, default="cpu", show_default=True,
               help="cpu, cuda or cuda:N; for onnxruntime also 'tensorrt' (its TensorRT execution provider).")
+@click.option("--plugin-lib", "plugin_libs", type=click.Path(path_type=Path), multiple=True,
+              help="TensorRT plugin library the engine needs (an `export --smoothing plugin` engine); repeatable.")
 @user_errors
-def purify(inputs, out, preset, config_path, weights, backend, model, device):
+def purify(inputs, out, preset, config_path, weights, backend, model, device, plugin_libs):
     """Purify images (files or folders; default: the bundled hold-out photos) and write PNGs to --out."""
     from ncis_deploy.purify import purify_paths
 
     written = purify_paths(list(inputs), out, resolve_purifier_source(preset, config_path, weights), weights, device,
-                           backend=backend, model=model)
+                           backend=backend, model=model, plugin_libraries=plugin_libs)
     click.echo(f"wrote {len(written)} purified image(s) to {out}")
 
 
@@ -170,10 +172,18 @@ def purify(inputs, out, preset, config_path, weights, backend, model, device):
               help="Per-channel mean the classifier expects (inputs in [0, 1]).")
 @click.option("--classifier-std", type=float, nargs=3, default=(0.229, 0.224, 0.225), show_default=True,
               help="Per-channel std the classifier expects.")
+@click.option("--smoothing", type=click.Choice(["matmul", "plugin"]), default="matmul", show_default=True,
+              help="How GS stages are exported: matmul = the exact GS matrices in standard ONNX ops (runs everywhere); "
+                   "plugin = one TensorRT plugin node per GS stage (NcisGaussianSmooth, the one-launch CUDA kernel), "
+                   "for TensorRT with --plugin-lib; checked on the CPU by the ONNX reference evaluator.")
+@click.option("--plugin-lib", type=click.Path(path_type=Path), default=None,
+              help="The NcisGaussianSmooth TensorRT plugin library (built from kernels/): loaded for the engine build, "
+                   "recorded in the manifest.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the manifest here.")
 @user_errors
 def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_text, opset, fp16, tensorrt,
-           version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std, json_path):
+           version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std, smoothing,
+           plugin_lib, json_path):
     """Export the fused purifier to ONNX (and a TensorRT engine where possible), check that every artifact computes
     what PyTorch computes, and write manifest.json.
 
@@ -188,7 +198,8 @@ def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_t
                          tensorrt=tensorrt, version_compatible=version_compatible, workspace_gib=workspace_gib,
                          timing_cache=str(timing_cache) if timing_cache else None,
                          classifier=str(classifier) if classifier else None,
-                         classifier_mean=tuple(classifier_mean), classifier_std=tuple(classifier_std))
+                         classifier_mean=tuple(classifier_mean), classifier_std=tuple(classifier_std),
+                         smoothing=smoothing, plugin_lib=str(plugin_lib) if plugin_lib else None)
     m = run_export(opts, progress=lambda msg: click.echo(f"  {msg}", err=True))
     click.echo(render_manifest(m, out))
     if json_path:
@@ -198,15 +209,25 @@ def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_t
 def render_manifest(m: dict, out: Path) -> str:
     lines = [f"export written to {out}/ in {m['export_seconds']} s", "", f"{'artifact':<28} {'bytes':>12}  sha256"]
     lines += [f"{a['file']:<28} {a['bytes']:>12,}  {a['sha256'][:16]}…" for a in m["artifacts"]]
-    lines += ["", f"{'parity (vs PyTorch, ORT CPU)':<34} {'max abs':>10}"]
+    plugin = "plugin" in m
+    title = "parity (reference evaluator)" if plugin else "parity (vs PyTorch, ORT CPU)"
+    lines += ["", f"{title:<34} {'max abs':>10}"]
     for k in ("fp32", "fp16"):
         if k in m["parity"]:
             p = m["parity"][k]
             tol = f"(tolerance {p['tolerance']:g})" if p["tolerance"] else "(recorded)"
-            lines.append(f"{k + ', ' + str(len(p['cases'])) + ' cases':<34} {p['max_abs']:>10.2e}  {tol}")
+            vs = f" vs {p['reference']}" if plugin else ""
+            lines.append(f"{k + ', ' + str(len(p['cases'])) + ' cases':<34} {p['max_abs']:>10.2e}  {tol}{vs}")
     if "classifier" in m["parity"]:
         c = m["parity"]["classifier"]
-        lines.append(f"{'classifier top-1 agreement':<34} {c['top1_agreement']:>10.1%}  ({c['images']} images)")
+        if "skipped" in c:
+            lines.append(f"{'classifier top-1 agreement':<34} {'skipped':>10}  ({c['skipped']})")
+        else:
+            lines.append(f"{'classifier top-1 agreement':<34} {c['top1_agreement']:>10.1%}  ({c['images']} images)")
+    if plugin:
+        lib = m["plugin"]["library"]
+        lines += ["", f"GS as TensorRT plugin {m['plugin']['op_type']} (namespace {m['plugin']['plugin_namespace']!r}); "
+                      + (f"library {lib['path']}" if lib else "no --plugin-lib given")]
     b = m.get("bsn_macs", {})
     if b.get("applicable"):
         lines += ["", f"BSN MACs at {b['input_shape']}: {b['macs_live_taps']:,} live taps vs {b['macs_dense']:,} dense "
@@ -228,6 +249,102 @@ def doctor(as_json):
     click.echo(json.dumps(r, indent=2, default=str) if as_json else render(r))
 
 
+# ------------------------------------------------------------------------------------------------------------ bench
+@cli.command()
+@click.argument("export_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", type=str, default=None,
+              help="Benchmark a preset (none, gs, ncis), exported in memory, instead of an export directory.")
+@click.option("--backend", "backends", multiple=True, metavar="B",
+              help="torch, onnxruntime or tensorrt, optionally with a device: torch:cpu, torch:cuda, onnxruntime:cpu, "
+                   "onnxruntime:cuda, onnxruntime:tensorrt (its TensorRT provider). Repeatable. "
+                   "[default: every backend usable here]")
+@click.option("--batch", "batches", type=int, multiple=True, metavar="N",
+              help="Batch size; repeatable. [default: 1 and 8]")
+@click.option("--height", type=int, default=None, help="Image height [default: the export's, else 224].")
+@click.option("--width", type=int, default=None, help="Image width [default: the export's, else 224].")
+@click.option("--warmup", "warmup_ms", type=float, default=200.0, show_default=True, metavar="MS",
+              help="Warm-up per case in milliseconds (at least one input-checked call).")
+@click.option("--duration", "duration_s", type=float, default=None, metavar="S",
+              help="Timed seconds per case, at least 3 iterations [default: 2].")
+@click.option("--iterations", type=int, default=None, metavar="N",
+              help="Exactly N timed iterations per case, instead of --duration.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime [default: their own].")
+@click.option("--cuda-graph", is_flag=True, help="GPU: replay each query as a CUDA graph (trtexec --useCudaGraph).")
+@click.option("--no-data-transfers", is_flag=True,
+              help="GPU: input and output stay on the device, only compute is timed (trtexec --noDataTransfers).")
+@click.option("--stages", is_flag=True, help="Also time GS and each BSN pass on their own (torch, onnxruntime).")
+@click.option("--vs", type=str, default=None, metavar="B",
+              help="Measure the backends interleaved with B in one run and report the throughput ratio per batch.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON (its schema: --schema).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG: latency vs batch per backend, and the stage breakdown.")
+@click.option("--diffpure/--no-diffpure", default=True, show_default=True,
+              help="Add the stand-in context row: a DiffPure-class UNet with random weights, one step timed at "
+                   "batch 1, times --diffpure-steps.")
+@click.option("--diffpure-width", type=int, default=256, show_default=True,
+              help="Stand-in base channels; 256 is the full ~553M-parameter size.")
+@click.option("--diffpure-size", type=int, default=256, show_default=True, help="Stand-in image size.")
+@click.option("--diffpure-steps", type=int, default=150, show_default=True,
+              help="Network evaluations per purified image (the multiplier).")
+@click.option("--schema", "print_schema", is_flag=True, help="Print the JSON schema of the report and exit.")
+@click.pass_context
+@user_errors
+def bench(ctx, export_dir, preset, backends, batches, height, width, warmup_ms, duration_s, iterations, threads,
+          cuda_graph, no_data_transfers, stages, vs, json_path, plot_path, diffpure, diffpure_width, diffpure_size,
+          diffpure_steps, print_schema):
+    """Latency and throughput of the purifier on every backend, trtexec-style: throughput, latency min / mean /
+    median / p90 / p95 / p99 / max, on GPU the H2D / compute / D2H split, peak memory, and a variance warning.
+
+    With no arguments: the default export (./ncis_export, exported first if missing) on every backend usable here,
+    batches 1 and 8, plus a stand-in DiffPure-class row for context. Prints a Markdown table.
+    """
+    from ncis_deploy.bench import BenchOptions, plot, render_markdown, run_bench
+    from ncis_deploy.bench.schema import SCHEMA
+    from ncis_deploy.fileio import write_json
+
+    if print_schema:
+        click.echo(json.dumps(SCHEMA, indent=2))
+        return
+    command = _command_line(ctx)
+    opts = BenchOptions(export_dir=str(export_dir) if export_dir else None, preset=preset, backends=tuple(backends),
+                        batches=tuple(batches) or (1, 8), height=height, width=width, warmup_ms=warmup_ms,
+                        duration_s=duration_s, iterations=iterations, threads=threads, cuda_graph=cuda_graph,
+                        data_transfers=not no_data_transfers, stages=stages, vs=vs, diffpure=diffpure,
+                        diffpure_width=diffpure_width, diffpure_size=diffpure_size, diffpure_steps=diffpure_steps)
+    report = run_bench(opts, progress=lambda msg: click.echo(f"  {msg}", err=True), command=command)
+    click.echo(render_markdown(report))
+    if json_path:
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(json_path, report)
+        except OSError as e:
+            raise UserError(f"cannot write --json {json_path}: {e.strerror or e}") from None
+        click.echo(f"  wrote {json_path}", err=True)
+    if plot_path:
+        plot(report, plot_path)
+        click.echo(f"  wrote {plot_path}", err=True)
+
+
+def _command_line(ctx) -> str:
+    """The command as typed (options given on the command line only), for the report."""
+    import shlex
+
+    words = ["ncis-deploy", ctx.info_name or "bench"]
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        v = ctx.params[p.name]
+        if isinstance(p, click.Argument):
+            words.append(str(v))
+        elif p.is_flag:
+            words.append(p.opts[0] if v or not p.secondary_opts else p.secondary_opts[0])
+        else:
+            for item in (v if p.multiple else [v]):
+                words += [p.opts[0], str(item)]
+    return shlex.join(words)
+
+
 # ---------------------------------------------------------------------------------------------- later commands
 def _not_yet(name: str, what: str):
     @cli.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -239,7 +356,6 @@ def _not_yet(name: str, what: str):
     return cmd
 
 
-_not_yet("bench", "Benchmark latency and throughput of every backend, trtexec-style")
 _not_yet("eval", "Evaluate accuracy parity and robustness under attacks")
 
 

@@ -22,6 +22,17 @@ ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "
                      "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (from /proc/cpuinfo on Linux), for benchmark records."""
+    try:
+        for ln in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _err(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

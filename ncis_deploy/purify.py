@@ -11,7 +11,6 @@ import torch
 from ncis_deploy.data import IMAGE_EXTENSIONS, bundled_photos, load_image
 from ncis_deploy.errors import UserError
 from ncis_deploy.fileio import atomic_path, ensure_writable_dir
-from ncis_deploy.model.purifier import load_purifier
 
 
 def _collect(inputs: list[Path]) -> list[tuple[str, np.ndarray | Path]]:
@@ -44,7 +43,8 @@ DEFAULT_ARTIFACTS = {"onnxruntime": Path("ncis_export/purifier.onnx"), "tensorrt
 
 
 def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None, device: str = "cpu",
-                 backend: str = "torch", model: os.PathLike | None = None) -> list[Path]:
+                 backend: str = "torch", model: os.PathLike | None = None,
+                 plugin_libraries: tuple[os.PathLike, ...] = ()) -> list[Path]:
     """Purify image files / folders (none: the bundled hold-out photos) into PNGs under ``out`` via one backend.
 
     ``source``/``weights`` pick the purifier for the torch backend; ``model`` is the exported artifact (.onnx or
@@ -67,7 +67,11 @@ def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None
         artifact = Path(model) if model is not None else DEFAULT_ARTIFACTS.get(backend)
         if artifact is not None and not artifact.exists():
             raise UserError(f"{artifact} does not exist; run `ncis-deploy export` first or pass --model")
+        if plugin_libraries and backend != "tensorrt":
+            raise UserError("--plugin-lib only applies to the tensorrt backend")
         kw = {"providers": "tensorrt"} if backend == "onnxruntime" and device == "tensorrt" else {}
+        if plugin_libraries:
+            kw["plugin_libraries"] = tuple(plugin_libraries)
         runner = make_runner(backend, artifact, device="cuda" if device == "tensorrt" else device, **kw)
     written = []
     with runner:  # loading happens here: a bad artifact fails before anything is written

@@ -15,8 +15,11 @@ TINY = ["--crop", "16", "--batch", "2", "--layers", "3", "--filters", "8", "--ev
 
 
 def cli(*args, **kw):
+    # one thread each: the tests run two trainings side by side on small machines, and oversubscribed cores
+    # make them crawl (results are deterministic for a fixed thread count either way)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "ncis_deploy.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
 def losses(out):

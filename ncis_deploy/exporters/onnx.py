@@ -11,6 +11,11 @@ Why not ``torch.onnx.export``: the graph we want is not the PyTorch forward. It 
   Layer 1 keeps its dense 3×3 (8 of 9 taps live, on 3 input channels): splitting it would save 3·F MACs per pixel
   but add an F-channel Add, which costs more memory traffic than it saves.
 
+``smoothing="plugin"`` replaces the GS matrices by one TensorRT plugin node per GS stage
+(``trt.plugins::NcisGaussianSmooth``, see :mod:`ncis_deploy.exporters.plugin_ref`): the one-launch CUDA kernel instead
+of two MatMuls, for any H and W. Such a graph runs on TensorRT with the plugin library, and on the CPU only through
+``plugin_ref.reference_evaluator``.
+
 ``dense_bsn=True`` exports the masked convolutions as plain dense convs instead; it exists to measure the saving
 and to check that both forms compute the same function.
 """
@@ -26,12 +31,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ncis_deploy.errors import UserError
+from ncis_deploy.exporters import plugin_ref
+from ncis_deploy.exporters.gate import PLUGIN_DOMAIN
 from ncis_deploy.model.bsn import FBINet, MaskedConv2d, Residual
 from ncis_deploy.model.purifier import Purifier
 from ncis_deploy.model.smoothing import fused_matrix, gaussian_kernel1d
 
 INPUT, OUTPUT = "input", "output"
 META_PREFIX = "ncis_deploy."
+SMOOTHING_FORMS = ("matmul", "plugin")
 
 
 def weights_sha256(purifier: Purifier) -> str | None:
@@ -151,6 +159,13 @@ def _gs_dynamic(g: _Graph, x: str, stages: list[dict]) -> str:
     return g.op("MatMul", [x, g.op("Transpose", [mw], perm=[1, 0])], "gs_w")
 
 
+def _gs_plugin(g: _Graph, x: str, stages: list[dict]) -> str:
+    """One plugin node per stage: the plugin takes any H, W (its own reflection), and an fp16 graph feeds it fp16."""
+    for st in stages:
+        x = g.op(plugin_ref.PLUGIN_NAME, [x], "gs_plugin", domain=PLUGIN_DOMAIN, **plugin_ref.plugin_attributes(st))
+    return x
+
+
 # ---------------------------------------------------------------------------------------------------------- BSN
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy()
@@ -212,12 +227,16 @@ def _clip(g: _Graph, x: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------- public
 def build_onnx(purifier: Purifier, height: int | None = 224, width: int | None = 224, *, dynamic_hw: bool = False,
-               opset: int = 18, fp16: bool = False, dense_bsn: bool = False, version: str = "") -> onnx.ModelProto:
+               opset: int = 18, fp16: bool = False, dense_bsn: bool = False, version: str = "",
+               smoothing: str = "matmul") -> onnx.ModelProto:
     """The purifier as one ONNX graph: ``input`` float32 [batch, 3, H, W] in [0, 1] → ``output``, same shape.
 
     ``fp16``: every weight and activation is float16 (the graph is FP16-*typed*, which is how TensorRT 11 takes
     precision); input and output stay float32, with a Cast at each end, so callers do not change.
+    ``smoothing``: "matmul" (exact GS matrices, standard ops) or "plugin" (one NcisGaussianSmooth node per GS stage).
     """
+    if smoothing not in SMOOTHING_FORMS:
+        raise UserError(f"--smoothing must be one of {', '.join(SMOOTHING_FORMS)}, got {smoothing!r}")
     if opset < 18:
         raise UserError(f"--opset {opset} is too old: the export needs opset >= 18 (Pad/Clip/Slice inputs as tensors)")
     if not dynamic_hw and (height is None or width is None or height < 2 or width < 2):
@@ -227,7 +246,10 @@ def build_onnx(purifier: Purifier, height: int | None = 224, width: int | None =
     clamp = purifier.config["clamp"]
     for kind, arg in _merge_gs(purifier.config["stages"]):
         if kind == "gs":
-            x = _gs_dynamic(g, x, arg) if dynamic_hw else _gs_fixed(g, x, arg, height, width)
+            if smoothing == "plugin":
+                x = _gs_plugin(g, x, arg)
+            else:
+                x = _gs_dynamic(g, x, arg) if dynamic_hw else _gs_fixed(g, x, arg, height, width)
         else:
             for _ in range(arg):
                 x = _bsn(g, x, purifier.bsn, dense_bsn)
@@ -249,12 +271,14 @@ def build_onnx(purifier: Purifier, height: int | None = 224, width: int | None =
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, dims)],
         initializer=g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="ncis-deploy",
-                              producer_version=version or "0")
+    opsets = [helper.make_opsetid("", opset)]
+    if any(n.domain == PLUGIN_DOMAIN for n in g.nodes):
+        opsets.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="ncis-deploy", producer_version=version or "0")
     model.ir_version = min(model.ir_version, 10)  # what current ONNX Runtime and TensorRT parsers accept
     meta = {"config": json.dumps(purifier.config, sort_keys=True), "weights_sha256": weights_sha256(purifier) or "",
             "version": version, "input_range": "[0, 1]", "layout": "NCHW", "precision": "fp16" if fp16 else "fp32",
-            "bsn_form": "dense" if dense_bsn else "live-taps"}
+            "bsn_form": "dense" if dense_bsn else "live-taps", "gs_form": smoothing}
     helper.set_model_props(model, {META_PREFIX + k: v for k, v in meta.items()})
     return model
 

@@ -25,6 +25,7 @@ import torch
 
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import onnx as onnx_export
+from ncis_deploy.exporters import plugin_ref
 from ncis_deploy.exporters.parity import FP32_TOLERANCE, check_parity, classifier_agreement, parity_inputs
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.purifier import load_purifier
@@ -54,6 +55,8 @@ class ExportOptions:
     classifier_mean: tuple[float, ...] = IMAGENET_MEAN
     classifier_std: tuple[float, ...] = IMAGENET_STD
     large_batch: int = 4
+    smoothing: str = "matmul"  # "plugin": one NcisGaussianSmooth TensorRT plugin node per GS stage
+    plugin_lib: str | None = None  # the plugin's shared library, for the engine build (and recorded)
     extra: dict = field(default_factory=dict)
 
 
@@ -227,6 +230,7 @@ def export(opts: ExportOptions, progress=None) -> dict:
     if opts.classifier and (len(opts.classifier_mean) != 3 or len(opts.classifier_std) != 3
                             or min(opts.classifier_std) <= 0):
         raise UserError("--classifier-mean and --classifier-std need 3 values each, every std > 0")
+    plugin = _check_plugin_options(opts, trt_ok)
     _check_out(out)
     purifier = load_purifier(opts.source, weights=opts.weights)
     classifier = load_classifier(opts.classifier, opts.opset) if opts.classifier else None
@@ -234,10 +238,11 @@ def export(opts: ExportOptions, progress=None) -> dict:
 
     t0 = time.perf_counter()
     h, w = opts.height, opts.width
+    plugins = plugin_ref.PLUGINS if plugin else frozenset()
     model = onnx_export.build_onnx(purifier, h, w, dynamic_hw=opts.dynamic_hw, opset=opts.opset,
-                                   version=ncis_deploy.__version__)
+                                   version=ncis_deploy.__version__, smoothing=opts.smoothing)
     onnx.checker.check_model(model, full_check=True)
-    check_tensorrt_compatible(model)
+    check_tensorrt_compatible(model, plugins)
     manifest: dict = {"format": "ncis-deploy/export", "format_version": 1,
                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       "purifier": {"config": purifier.config, "weights_sha256": onnx_export.weights_sha256(purifier),
@@ -247,6 +252,12 @@ def export(opts: ExportOptions, progress=None) -> dict:
                       "output": {"name": onnx_export.OUTPUT, "dtype": "float32", "range": [0.0, 1.0]},
                       "options": {k: v for k, v in asdict(opts).items() if k != "extra"} | {"batch": list(opts.batch)},
                       "artifacts": [], "versions": versions()}
+    if plugin:
+        manifest["plugin"] = {"op_type": plugin_ref.PLUGIN_NAME, "domain": onnx_export.PLUGIN_DOMAIN,
+                              "plugin_version": plugin_ref.PLUGIN_VERSION,
+                              "plugin_namespace": plugin_ref.PLUGIN_NAMESPACE,
+                              "library": ({"path": str(Path(opts.plugin_lib).resolve()),
+                                           "sha256": sha256_file(Path(opts.plugin_lib))} if opts.plugin_lib else None)}
 
     with staged_directory(out) as stage:
         def record(name: str, kind: str, m: onnx.ModelProto | None = None, **extra) -> None:
@@ -259,9 +270,15 @@ def export(opts: ExportOptions, progress=None) -> dict:
         data = _save_onnx(model, stage / ONNX_NAME)
         record(ONNX_NAME, "onnx", model, precision="fp32", opset=opts.opset, nodes=len(model.graph.node))
 
-        say("parity: ONNX Runtime CPU vs PyTorch")
         cases = parity_inputs(h, w, opts.dynamic_hw, opts.large_batch)
-        manifest["parity"] = {"fp32": check_parity(purifier, data, cases, FP32_TOLERANCE)}
+        if plugin:  # ONNX Runtime cannot run the plugin node: the reference evaluator runs the graph instead
+            say("parity: plugin ONNX on the ONNX reference evaluator vs the standard export on ONNX Runtime CPU")
+            manifest["parity"] = {"fp32": plugin_ref.reference_parity(
+                purifier, model, h, w, dynamic_hw=opts.dynamic_hw, large_batch=min(opts.large_batch, 2),
+                tolerance=PLUGIN_TOLERANCE)}
+        else:
+            say("parity: ONNX Runtime CPU vs PyTorch")
+            manifest["parity"] = {"fp32": check_parity(purifier, data, cases, FP32_TOLERANCE)}
         manifest["bsn_macs"] = bsn_tap_report(purifier, h, w)
         if manifest["bsn_macs"].get("applicable") and not manifest["bsn_macs"]["max_abs_diff_live_vs_dense"] <= 1e-5:
             raise UserError(f"live-tap and dense BSN exports differ by {manifest['bsn_macs']['max_abs_diff_live_vs_dense']:.3g}; "
@@ -270,11 +287,14 @@ def export(opts: ExportOptions, progress=None) -> dict:
         if opts.fp16:
             say("FP16 ONNX: written and measured against the FP32 reference")
             m16 = onnx_export.build_onnx(purifier, h, w, dynamic_hw=opts.dynamic_hw, opset=opts.opset, fp16=True,
-                                         version=ncis_deploy.__version__)
+                                         version=ncis_deploy.__version__, smoothing=opts.smoothing)
             onnx.checker.check_model(m16, full_check=True)
-            check_tensorrt_compatible(m16)
+            check_tensorrt_compatible(m16, plugins)
             d16 = _save_onnx(m16, stage / ONNX_FP16_NAME)
-            manifest["parity"]["fp16"] = check_parity(purifier, d16, cases, tolerance=None, label="FP16 ONNX")
+            manifest["parity"]["fp16"] = (
+                plugin_ref.reference_parity(purifier, m16, h, w, dynamic_hw=opts.dynamic_hw, large_batch=1,
+                                            tolerance=None, fp16=True) if plugin
+                else check_parity(purifier, d16, cases, tolerance=None, label="FP16 ONNX"))
             record(ONNX_FP16_NAME, "onnx", m16, precision="fp16", opset=opts.opset, nodes=len(m16.graph.node))
 
         if opts.classifier:
@@ -282,8 +302,13 @@ def export(opts: ExportOptions, progress=None) -> dict:
             merged = merge_classifier(model, classifier, opts.classifier_mean, opts.classifier_std)
             onnx.checker.check_model(merged, full_check=True)
             dm = _save_onnx(merged, stage / ONNX_CLASSIFIER_NAME)
-            manifest["parity"]["classifier"] = classifier_agreement(
-                purifier, classifier.SerializeToString(), dm, cases, opts.classifier_mean, opts.classifier_std)
+            if plugin:  # ONNX Runtime cannot run the merged graph; the purifier part was checked above
+                manifest["parity"]["classifier"] = {"skipped": (
+                    "onnxruntime cannot run the plugin node and the reference evaluator is too slow for a classifier; "
+                    "the purifier graph is checked above and the merge is the one the standard exports check")}
+            else:
+                manifest["parity"]["classifier"] = classifier_agreement(
+                    purifier, classifier.SerializeToString(), dm, cases, opts.classifier_mean, opts.classifier_std)
             record(ONNX_CLASSIFIER_NAME, "onnx", merged, precision="fp32",
                    normalisation={"mean": list(opts.classifier_mean), "std": list(opts.classifier_std)})
 
@@ -291,6 +316,9 @@ def export(opts: ExportOptions, progress=None) -> dict:
             manifest["tensorrt"] = {"built": False, "reason": "disabled with --no-tensorrt"}
         elif not trt_ok:
             manifest["tensorrt"] = {"built": False, "reason": trt_reason}
+        elif plugin and not opts.plugin_lib:
+            manifest["tensorrt"] = {"built": False, "reason": "--smoothing plugin needs --plugin-lib PATH (the "
+                                    f"{plugin_ref.PLUGIN_NAME} library built from kernels/) to build an engine"}
         else:
             say("TensorRT: building the engine")
             lo, opt, hi = opts.batch
@@ -302,7 +330,8 @@ def export(opts: ExportOptions, progress=None) -> dict:
                 workspace_bytes=int(opts.workspace_gib * (1 << 30)), fp16_onnx=opts.fp16,
                 version_compatible=opts.version_compatible,
                 timing_cache=Path(opts.timing_cache) if opts.timing_cache else
-                Path.home() / ".cache" / "ncis-deploy" / "tensorrt-timing.cache")
+                Path.home() / ".cache" / "ncis-deploy" / "tensorrt-timing.cache",
+                plugin_libraries=(opts.plugin_lib,) if plugin else ())
             src = stage / (ONNX_FP16_NAME if opts.fp16 else ONNX_NAME)
             info = build_engine(src, stage / ENGINE_NAME, spec)
             manifest["tensorrt"] = {"built": True, **_jsonable(info)}
@@ -311,6 +340,25 @@ def export(opts: ExportOptions, progress=None) -> dict:
         manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(stage / MANIFEST, manifest)
     return manifest
+
+
+PLUGIN_TOLERANCE = 1e-5  # plugin graph (reference evaluator) vs standard graph (ONNX Runtime), float32
+
+
+def _check_plugin_options(opts: ExportOptions, trt_ok: bool) -> bool:
+    """Validate --smoothing / --plugin-lib before any work; True for a plugin export."""
+    if opts.smoothing not in onnx_export.SMOOTHING_FORMS:
+        raise UserError(f"--smoothing must be one of {', '.join(onnx_export.SMOOTHING_FORMS)}, got {opts.smoothing!r}")
+    plugin = opts.smoothing == "plugin"
+    if opts.plugin_lib and not plugin:
+        raise UserError("--plugin-lib is only used with --smoothing plugin")
+    if opts.plugin_lib and not Path(opts.plugin_lib).is_file():
+        raise UserError(f"--plugin-lib {opts.plugin_lib} does not exist; build it with `cmake -S kernels -B build/kernels "
+                        "&& cmake --build build/kernels` on a machine with TensorRT (kernels/README.md)")
+    if plugin and opts.tensorrt and trt_ok and not opts.plugin_lib:
+        raise UserError(f"--tensorrt with --smoothing plugin needs --plugin-lib PATH, the {plugin_ref.PLUGIN_NAME} "
+                        "plugin library built from kernels/ (kernels/README.md)")
+    return plugin
 
 
 def _jsonable(obj):

@@ -49,6 +49,10 @@ class EngineSpec:
     exclude_lean_runtime: bool = False  # with version_compatible: ship the lean runtime separately
     strongly_typed: bool = False  # 10.x only (11.x is always strongly typed)
     tf32: bool = True  # TensorRT's default; False clears BuilderFlag.TF32 for exact-as-possible float32 parity
+    # Plugin libraries (e.g. kernels/ -> libncis_trt_plugins.so) loaded into the builder's registry before parsing, so
+    # the ONNX parser finds their creators; serialised into the engine when it is version compatible (TensorRT's
+    # plugins_to_serialize), otherwise the application loads them at run time (export/cpp --plugin-lib).
+    plugin_libraries: tuple[str, ...] = ()
 
     def validate(self) -> None:
         shapes = {"min": self.min_shape, "opt": self.opt_shape, "max": self.max_shape}
@@ -197,6 +201,26 @@ def _check_input(network, spec: EngineSpec) -> None:
                     f"use {d} there or re-export with that axis dynamic (--dynamic-hw for H and W)")
 
 
+def _load_plugin_libraries(trt, builder, libraries) -> None:
+    """Register every plugin library's creators (its getCreators() entry point) before the ONNX parser runs."""
+    if not libraries:
+        return
+    registry = builder.get_plugin_registry() if hasattr(builder, "get_plugin_registry") else trt.get_plugin_registry()
+    for lib in libraries:
+        path = Path(lib)
+        if not path.is_file():
+            raise UserError(f"plugin library {path} does not exist; build it from kernels/ (kernels/README.md)")
+        try:
+            handle = registry.load_library(str(path.resolve()))
+        except Exception as e:  # noqa: BLE001  (the bindings raise on a library TensorRT cannot load)
+            handle, why = None, " ".join(str(e).split())
+        else:
+            why = "TensorRT returned no handle"
+        if handle is None:
+            raise EngineBuildError(f"TensorRT could not load the plugin library {path} ({why}); was it built against "
+                                   "this TensorRT version?")
+
+
 def _attach_timing_cache(config, path: Path | None, say: Callable[[str], None]) -> bool:
     """Give the builder the cache from ``path`` (True) or an empty one (False) when absent, unreadable or foreign."""
     data = b""
@@ -261,6 +285,7 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
     else:  # 10.x weakly typed, or 11.x where every network is strongly typed and the flag is ignored
         network_flags = 0
     network = builder.create_network(network_flags)
+    _load_plugin_libraries(trt, builder, spec.plugin_libraries)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file, so external-data weights resolve
         raise _parser_failure(parser, onnx_path)
@@ -285,6 +310,9 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
         if spec.exclude_lean_runtime:
             config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
             flags_set.append("EXCLUDE_LEAN_RUNTIME")
+    plugins_serialized = bool(spec.plugin_libraries) and spec.version_compatible
+    if plugins_serialized:
+        config.plugins_to_serialize = [str(Path(p).resolve()) for p in spec.plugin_libraries]
     cache_reused = _attach_timing_cache(config, spec.timing_cache, say) if spec.timing_cache is not None else False
 
     say(f"TensorRT {version}: building the engine for {spec.min_shape}..{spec.max_shape} (can take minutes)")
@@ -299,7 +327,7 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
     if data is None or data.nbytes == 0:
         detail = " | ".join(logger.errors[-3:]) or "TensorRT logged no error"
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path}: {detail}; "
-                               "check the workspace size (--workspace-gib) and the profile shapes")
+                               "check the workspace size (--workspace) and the profile shapes")
 
     try:
         engine_path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,4 +357,6 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
         "engine": str(engine_path),
         "engine_bytes": data.nbytes,
         "tensorrt_warnings": logger.warnings[-10:],
+        "plugin_libraries": [str(Path(p).resolve()) for p in spec.plugin_libraries],
+        "plugins_serialized": plugins_serialized,
     }

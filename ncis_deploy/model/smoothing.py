@@ -12,6 +12,7 @@ Reflection here is the "reflect" mode of NumPy/PyTorch (the border pixel is not 
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 
@@ -89,21 +90,66 @@ def smooth_fused(x: torch.Tensor, kernel_size: int, sigma: float, iterations: in
     return torch.matmul(torch.matmul(mh, x), mw.transpose(0, 1))
 
 
-class GaussianSmoothing(torch.nn.Module):
-    """A GS stage. ``fused=True`` (default) runs the exact two-matmul form, ``False`` the iterative reference."""
+BACKENDS = ("auto", "matmul", "iterative", "cuda")
+log = logging.getLogger(__name__)
 
-    def __init__(self, kernel_size: int = 3, sigma: float = 1.0, iterations: int = 1, fused: bool = True):
+
+class GaussianSmoothing(torch.nn.Module):
+    """A GS stage. ``fused=True`` (default) runs the exact two-matmul form, ``False`` the iterative reference.
+
+    ``backend`` overrides that choice: "matmul" (the fused form), "iterative" (the reference), "cuda" (the one-launch
+    kernel of :mod:`ncis_deploy.kernels`: CUDA tensors, no autograd) or "auto": the kernel where it applies -- a
+    float32/float16 CUDA tensor that needs no gradient, with the kernel loadable -- and the ``fused`` choice
+    everywhere else (so attacks that differentiate through the purifier keep working). Default: from ``fused``;
+    "auto" is opt-in until the kernel has been checked on a GPU (kernels/README.md).
+    """
+
+    def __init__(self, kernel_size: int = 3, sigma: float = 1.0, iterations: int = 1, fused: bool = True,
+                 backend: str | None = None):
         super().__init__()
         gaussian_kernel1d(kernel_size, sigma)  # validates
         if iterations < 0:
             raise UserError(f"GS iterations must be >= 0, got {iterations}")
         self.kernel_size, self.sigma, self.iterations, self.fused = int(kernel_size), float(sigma), int(iterations), fused
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str | None) -> None:
+        if backend is None:
+            backend = "matmul" if self.fused else "iterative"
+        if backend not in BACKENDS:
+            raise UserError(f"GS backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
+
+    def _cpu_form(self):
+        return smooth_fused if self.fused else smooth_iterative
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.iterations == 0:
             return x
-        fn = smooth_fused if self.fused else smooth_iterative
-        return fn(x, self.kernel_size, self.sigma, self.iterations)
+        args = (self.kernel_size, self.sigma, self.iterations)
+        if self.backend in ("cuda", "auto"):
+            from ncis_deploy import kernels
+
+            if self.backend == "cuda":
+                return kernels.gaussian_smooth_cuda(x, *args)
+            if (x.is_cuda and x.dtype in (torch.float32, torch.float16) and not (torch.is_grad_enabled() and x.requires_grad)
+                    and _kernel_usable(kernels)):
+                try:
+                    return kernels.gaussian_smooth_cuda(x, *args)
+                except UserError as e:  # e.g. no runtime compiler: say so once, then stay on the matmul form
+                    _KERNEL_FAILURE.append(str(e))
+                    log.warning("GS backend 'auto': CUDA kernel unavailable, using the matmul form (%s)", e)
+            return self._cpu_form()(x, *args)
+        fn = smooth_fused if self.backend == "matmul" else smooth_iterative
+        return fn(x, *args)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, sigma={self.sigma}, iterations={self.iterations}, fused={self.fused}"
+        return (f"kernel_size={self.kernel_size}, sigma={self.sigma}, iterations={self.iterations}, fused={self.fused}, "
+                f"backend={self.backend}")
+
+
+_KERNEL_FAILURE: list[str] = []  # the first failure of backend "auto" to load the kernel, process-wide
+
+
+def _kernel_usable(kernels) -> bool:
+    return not _KERNEL_FAILURE and kernels.status()[0]

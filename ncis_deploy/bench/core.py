@@ -1,0 +1,642 @@
+"""``ncis-deploy bench``: what to measure (source, backends, batches), measuring it, and the report.
+
+:func:`run_bench` takes :class:`BenchOptions` and returns the report as plain JSON-able data matching
+:data:`ncis_deploy.bench.schema.SCHEMA`; :mod:`ncis_deploy.bench.report` renders it.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ncis_deploy.bench import harness
+from ncis_deploy.bench.schema import FORMAT, FORMAT_VERSION, validate
+from ncis_deploy.bench.stats import CONVENTIONS, scale, summarize
+from ncis_deploy.bench.targets import BackendSpec, MemoryProbe, make_target
+from ncis_deploy.errors import UserError
+
+DEFAULT_EXPORT = "ncis_export"
+DEFAULT_BATCHES = (1, 8)
+DEFAULT_WARMUP_MS = 200.0  # trtexec's default warm-up
+DEFAULT_DURATION_S = 2.0  # trtexec uses 3 s; 2 s keeps the zero-argument run on a 2-core CPU under 2 minutes
+MIN_ITERATIONS = 3
+DEFAULT_HW = 224
+
+BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "tensorrt"), "tensorrt": ("cuda",)}
+DEVICE_ALIASES = {"gpu": "cuda", "trt": "tensorrt"}
+
+
+@dataclass
+class BenchOptions:
+    export_dir: str | None = None  # None (and no preset): ./ncis_export, exported first if missing
+    preset: str | None = None
+    backends: tuple[str, ...] = ()  # empty: every backend usable here
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    height: int | None = None
+    width: int | None = None
+    warmup_ms: float = DEFAULT_WARMUP_MS
+    duration_s: float | None = None  # None: DEFAULT_DURATION_S unless iterations is given
+    iterations: int | None = None
+    min_iterations: int = MIN_ITERATIONS
+    threads: int | None = None
+    cuda_graph: bool = False
+    data_transfers: bool = True
+    stages: bool = False
+    vs: str | None = None
+    diffpure: bool = True
+    diffpure_width: int = 256
+    diffpure_size: int = 256
+    diffpure_steps: int = 150
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------- validation
+def check_options(o: BenchOptions) -> None:
+    if o.export_dir is not None and o.preset is not None:
+        raise UserError("give either an export directory or --preset, not both")
+    if not o.batches:
+        raise UserError("--batch needs at least one batch size")
+    for b in o.batches:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise UserError(f"--batch must be >= 1, got {b}")
+    for name, v in (("--height", o.height), ("--width", o.width)):
+        if v is not None and v < 2:
+            raise UserError(f"{name} must be >= 2 (the purifier reflect-pads), got {v}")
+    if o.duration_s is not None and o.iterations is not None:
+        raise UserError("give either --duration or --iterations, not both")
+    if o.duration_s is not None and not (o.duration_s > 0 and np.isfinite(o.duration_s)):
+        raise UserError(f"--duration must be a positive number of seconds, got {o.duration_s:g}")
+    if o.iterations is not None and o.iterations < 1:
+        raise UserError(f"--iterations must be >= 1, got {o.iterations}")
+    if not (o.warmup_ms >= 0 and np.isfinite(o.warmup_ms)):
+        raise UserError(f"--warmup must be >= 0 milliseconds, got {o.warmup_ms:g}")
+    if o.threads is not None and o.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {o.threads}")
+    if o.min_iterations < 1:
+        raise UserError("min_iterations must be >= 1")
+    if o.diffpure and (o.diffpure_width < 1 or o.diffpure_size < 8 or o.diffpure_steps < 1):
+        raise UserError("--diffpure-width must be >= 1, --diffpure-size >= 8 and --diffpure-steps >= 1")
+
+
+# --------------------------------------------------------------------------------------------------- backends
+def availability(doc: dict) -> dict[str, tuple[bool, str]]:
+    """'backend:device' -> (usable, why) from :func:`ncis_deploy.doctor.report`."""
+    out: dict[str, tuple[bool, str]] = {}
+    t, o = doc.get("torch", {}), doc.get("onnxruntime", {})
+    if not t.get("installed"):
+        out["torch:cpu"] = out["torch:cuda"] = (False, f"torch does not import ({t.get('error')})")
+    else:
+        out["torch:cpu"] = (True, "torch on the CPU")
+        out["torch:cuda"] = ((True, "torch on " + ", ".join(t.get("gpus", [])))
+                             if t.get("cuda_available") else
+                             (False, f"PyTorch {t.get('version')} sees no CUDA GPU"
+                                     + ("" if t.get("cuda_build") else " (it is a CPU-only build)")))
+    eps = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+    for dev, ep in eps.items():
+        key = f"onnxruntime:{dev}"
+        if not o.get("installed"):
+            out[key] = (False, f"onnxruntime does not import ({o.get('error')})")
+        elif ep not in o.get("available_providers", []):
+            dists = ", ".join(o.get("distributions", {})) or "onnxruntime"
+            hint = "; install onnxruntime-gpu in its place: pip uninstall onnxruntime && pip install " \
+                   "'ncis-deploy[gpu]'" if dev != "cpu" else ""
+            out[key] = (False, f"{ep} is not in this onnxruntime build ({dists}){hint}")
+        else:
+            p = o.get("providers", {}).get(ep, {"live": False, "detail": "not probed"})
+            out[key] = (True, "live session") if p["live"] else (False, f"{ep} does not open a live session: "
+                                                                        f"{p['detail']}")
+    trt = doc.get("backends", {}).get("tensorrt", {"usable": False, "reason": "not probed"})
+    out["tensorrt:cuda"] = (bool(trt["usable"]), trt["reason"])
+    return out
+
+
+def _default_device(name: str, avail: dict) -> str:
+    if name == "tensorrt":
+        return "cuda"
+    return "cuda" if avail.get(f"{name}:cuda", (False,))[0] else "cpu"
+
+
+def usable_summary(avail: dict) -> str:
+    names = [b for b in BACKEND_DEVICES if avail[f"{b}:{_default_device(b, avail)}"][0]]
+    labels = [k for k, (ok, _) in avail.items() if ok]
+    return f"{', '.join(names) or 'none'} (by device: {', '.join(labels) or 'none'})"
+
+
+def parse_backend(text: str, avail: dict, what: str = "backend") -> BackendSpec:
+    from ncis_deploy.runners import ALIASES
+
+    raw = str(text).strip().lower()
+    name, _, dev = raw.partition(":")
+    name = ALIASES.get(name, name)
+    if name not in BACKEND_DEVICES:
+        raise UserError(f"unknown {what} {text!r}; usable here: {usable_summary(avail)}")
+    dev = DEVICE_ALIASES.get(dev, dev) if dev else _default_device(name, avail)
+    if name == "tensorrt" and dev == "tensorrt":
+        dev = "cuda"
+    if dev not in BACKEND_DEVICES[name]:
+        raise UserError(f"unknown device {dev!r} for {name} in {what} {text!r}; {name} runs on "
+                        f"{', '.join(BACKEND_DEVICES[name])}")
+    spec = BackendSpec(name, dev)
+    ok, why = avail[spec.label]
+    if not ok:
+        raise UserError(f"{what} {spec.label} is not usable here: {why}; usable here: {usable_summary(avail)}")
+    return spec
+
+
+def resolve_backends(opts: BenchOptions, avail: dict) -> tuple[list[BackendSpec], BackendSpec | None, bool]:
+    """(backends to run, the --vs backend or None, whether the list was defaulted)."""
+    vs = parse_backend(opts.vs, avail, "--vs backend") if opts.vs else None
+    if opts.backends:
+        specs = [parse_backend(b, avail) for b in opts.backends]
+        defaulted = False
+    else:
+        specs = [BackendSpec(b, _default_device(b, avail)) for b in BACKEND_DEVICES]
+        specs = [s for s in specs if avail[s.label][0]]
+        defaulted = True
+    uniq: list[BackendSpec] = []
+    for s in specs + ([vs] if vs else []):
+        if s not in uniq:
+            uniq.append(s)
+    if vs and len(uniq) < 2:
+        raise UserError(f"--vs {vs.label} needs another backend to compare with; add --backend")
+    return uniq, vs, defaulted
+
+
+# ----------------------------------------------------------------------------------------------------- source
+@dataclass
+class Source:
+    description: str
+    config: dict
+    height: int
+    width: int
+    fixed_hw: bool
+    purifier: object | None  # the torch purifier (CPU), None when it cannot be rebuilt
+    torch_reason: str = ""
+    export_dir: Path | None = None
+    exported_now: bool = False
+    weights_sha256: str | None = None
+    onnx_path: Path | None = None
+    engine_path: Path | None = None
+    engine_reason: str = ""
+    artifacts: dict = field(default_factory=dict)
+    preset: str | None = None
+    plugin: str = ""  # the export's GS runs as a TensorRT plugin node (onnxruntime cannot run it)
+    plugin_libraries: tuple[str, ...] = ()
+
+
+def _sha(path: Path) -> str:
+    from ncis_deploy.exporters.pipeline import sha256_file
+
+    return sha256_file(path)
+
+
+def load_export(d: Path, opts: BenchOptions) -> Source:
+    """Read and check an export directory; any problem is a one-line UserError naming the fix."""
+    from ncis_deploy.exporters.onnx import weights_sha256
+    from ncis_deploy.exporters.pipeline import ENGINE_NAME, MANIFEST, ONNX_NAME
+    from ncis_deploy.model.purifier import load_purifier
+
+    fix = f"re-export it with: ncis-deploy export --out {d}"
+    if not d.exists():
+        raise UserError(f"export directory {d} does not exist; create it with: ncis-deploy export --out {d}")
+    if not d.is_dir():
+        raise UserError(f"{d} is not a directory; pass an export directory written by `ncis-deploy export`")
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        raise UserError(f"{d} is not an ncis-deploy export (no {MANIFEST}); {fix}")
+    try:
+        m = json.loads(mpath.read_text())
+        if m.get("format") != "ncis-deploy/export":
+            raise ValueError(f"format is {m.get('format')!r}")
+        arts = {a["file"]: a for a in m["artifacts"]}
+        config, shape = m["purifier"]["config"], m["input"]["shape"]
+        options = m.get("options", {})
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise UserError(f"{mpath} is corrupt or not an ncis-deploy manifest ({str(e).splitlines()[0][:120]}); "
+                        f"{fix}") from None
+    onnx_path = d / ONNX_NAME
+    if ONNX_NAME not in arts or not onnx_path.is_file():
+        raise UserError(f"export {d} has no {ONNX_NAME}; {fix}")
+    if _sha(onnx_path) != arts[ONNX_NAME].get("sha256"):
+        raise UserError(f"export {d} is corrupt: {ONNX_NAME} does not match the SHA-256 in {MANIFEST}; {fix}")
+    fixed = all(isinstance(v, int) for v in shape[2:])
+    if fixed:
+        h, w = int(shape[2]), int(shape[3])
+        for name, want, have in (("--height", opts.height, h), ("--width", opts.width, w)):
+            if want is not None and want != have:
+                raise UserError(f"export {d} is fixed at {h}x{w}, so {name} {want} cannot run on it; re-export with "
+                                f"--dynamic-hw (any size) or at that size, or drop {name}")
+    else:
+        h = opts.height or int(options.get("height", DEFAULT_HW))
+        w = opts.width or int(options.get("width", DEFAULT_HW))
+    src = Source(description=f"export {d}", config=config, height=h, width=w, fixed_hw=fixed, purifier=None,
+                 export_dir=d, weights_sha256=m["purifier"].get("weights_sha256"), onnx_path=onnx_path)
+    src.artifacts["onnxruntime"] = {"file": str(onnx_path), "sha256": arts[ONNX_NAME]["sha256"]}
+    plugin = m.get("plugin")
+    if isinstance(plugin, dict):
+        src.plugin = str(plugin.get("op_type", "plugin"))
+        lib = (plugin.get("library") or {}).get("path")
+        src.plugin_libraries = (str(lib),) if lib else ()
+    engine = d / ENGINE_NAME
+    if ENGINE_NAME in arts and engine.is_file():
+        src.engine_path = engine
+    else:
+        why = m.get("tensorrt", {}).get("reason", "")
+        src.engine_reason = f"export {d} has no TensorRT engine" + (f" ({why})" if why else "") + \
+            f"; build one with: ncis-deploy export --tensorrt --out {d}"
+    # torch: rebuild the purifier the export came from and check it is the same one (config and weights hash)
+    origin = m["purifier"].get("source", "ncis")
+    try:
+        p = load_purifier(origin if not str(origin).startswith("{") else config, weights=options.get("weights"))
+        if p.config != config or weights_sha256(p) != src.weights_sha256:
+            raise UserError(f"its source {origin!r} now holds a different purifier than the one exported")
+        src.purifier = p
+    except UserError as e:
+        src.torch_reason = f"cannot rebuild the exported purifier in PyTorch: {e}"
+    if src.purifier is not None:
+        src.artifacts["torch"] = {"file": str(origin), "sha256": src.weights_sha256}
+    return src
+
+
+def preset_source(opts: BenchOptions) -> Source:
+    from ncis_deploy.exporters.onnx import weights_sha256
+    from ncis_deploy.model.purifier import PRESETS, load_purifier
+
+    if opts.preset not in PRESETS:
+        raise UserError(f"unknown preset {opts.preset!r}; choose one of: {', '.join(PRESETS)}")
+    p = load_purifier(opts.preset)
+    h, w = opts.height or DEFAULT_HW, opts.width or DEFAULT_HW
+    src = Source(description=f"preset {opts.preset}", config=p.config, height=h, width=w, fixed_hw=True, purifier=p,
+                 weights_sha256=weights_sha256(p), preset=opts.preset)
+    src.artifacts["torch"] = {"file": f"preset {opts.preset}", "sha256": src.weights_sha256}
+    return src
+
+
+def _preset_onnx(src: Source, tmp: Path) -> Path:
+    if src.onnx_path is None:
+        import onnx
+
+        import ncis_deploy
+        from ncis_deploy.exporters.onnx import build_onnx
+
+        path = tmp / "purifier.onnx"
+        onnx.save(build_onnx(src.purifier, src.height, src.width, version=ncis_deploy.__version__), str(path))
+        src.onnx_path = path
+        src.artifacts["onnxruntime"] = {"file": f"built from preset {src.preset} at {src.height}x{src.width}",
+                                        "sha256": _sha(path)}
+    return src.onnx_path
+
+
+def _preset_engine(src: Source, tmp: Path, batches, say) -> Path:  # not verified here: needs TensorRT and a GPU
+    if src.engine_path is None:
+        from ncis_deploy.exporters.tensorrt import EngineSpec, build_engine
+
+        onnx_path = _preset_onnx(src, tmp)
+        shape = lambda b: (b, 3, src.height, src.width)  # noqa: E731
+        spec = EngineSpec(min_shape=shape(min(batches)), opt_shape=shape(max(batches)), max_shape=shape(max(batches)),
+                          timing_cache=Path.home() / ".cache" / "ncis-deploy" / "tensorrt-timing.cache")
+        say(f"building a TensorRT engine for preset {src.preset} (batch {min(batches)}..{max(batches)})")
+        build_engine(onnx_path, tmp / "purifier.engine", spec, log=None)
+        src.engine_path = tmp / "purifier.engine"
+        src.artifacts["tensorrt"] = {"file": "built from the preset ONNX", "sha256": _sha(src.engine_path)}
+    return src.engine_path
+
+
+def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
+    """What make_runner takes for ``spec``, or raise UserError saying why this source cannot run on it."""
+    if spec.backend == "torch":
+        if src.purifier is None:
+            raise UserError(src.torch_reason)
+        return src.purifier if spec.device == "cpu" else copy.deepcopy(src.purifier)
+    if spec.backend == "onnxruntime":
+        if src.plugin:
+            raise UserError(f"export {src.export_dir} runs GS as the TensorRT plugin node {src.plugin}, which "
+                            "onnxruntime cannot run; export without --smoothing plugin for onnxruntime")
+        return _preset_onnx(src, tmp)
+    if src.preset is not None:
+        return _preset_engine(src, tmp, batches, say)
+    if src.engine_path is None:
+        raise UserError(src.engine_reason)
+    sha = _sha(src.engine_path)
+    from ncis_deploy.exporters.pipeline import ENGINE_NAME, MANIFEST
+
+    want = {a["file"]: a for a in json.loads((src.export_dir / MANIFEST).read_text())["artifacts"]}
+    if want.get(ENGINE_NAME, {}).get("sha256") != sha:
+        raise UserError(f"export {src.export_dir} is corrupt: {ENGINE_NAME} does not match the SHA-256 in {MANIFEST}; "
+                        f"re-export it with: ncis-deploy export --tensorrt --out {src.export_dir}")
+    src.artifacts["tensorrt"] = {"file": str(src.engine_path), "sha256": sha}
+    return src.engine_path
+
+
+# ---------------------------------------------------------------------------------------------------- machine
+def machine(doc: dict) -> dict:
+    import ncis_deploy
+    from ncis_deploy.doctor import cpu_model
+
+    cpu = cpu_model()
+
+    versions = {"ncis_deploy": ncis_deploy.__version__, "numpy": np.__version__}
+    for key in ("torch", "onnx", "onnxruntime", "tensorrt", "cuda_python"):
+        d = doc.get(key, {})
+        if d.get("installed"):
+            versions[key] = str(d.get("version"))
+    if doc.get("torch", {}).get("cuda_build"):
+        versions["torch_cuda"] = str(doc["torch"]["cuda_build"])
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": list(doc.get("torch", {}).get("gpus", [])),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
+
+
+# ---------------------------------------------------------------------------------------------------- measure
+def _say_case(say, rec: dict) -> None:
+    lat = rec["latency_ms"]
+    say(f"{rec['label']} batch {rec['batch']}: {rec['iterations']} iterations, median {lat['median']:.2f} ms, "
+        f"{rec['throughput_ips']:.2f} img/s")
+
+
+def _time_stages(target, src: Source, rec: dict, x: np.ndarray, opts: BenchOptions, duration, tmp: Path,
+                 stage_timers: dict, report: dict) -> None:
+    from ncis_deploy.bench.stages import StageTimer
+
+    spec = target.spec
+    if spec.backend == "tensorrt":
+        report["notes"].append("--stages: TensorRT engines are not cut into stages (use trtexec --dumpProfile)")
+        return
+    if src.purifier is None:
+        report["notes"].append(f"--stages on {spec.label}: {src.torch_reason}")
+        return
+    if not src.config["stages"]:
+        return
+    st = stage_timers.get(spec.label)
+    if st is None:
+        if spec.backend == "torch":
+            st = StageTimer("torch", spec.device, target.runner.purifier, height=src.height, width=src.width,
+                            tmpdir=tmp)
+        else:
+            st = StageTimer("onnxruntime", spec.device, src.purifier, height=src.height, width=src.width, tmpdir=tmp,
+                            providers=spec.device, threads=opts.threads)
+        stage_timers[spec.label] = st
+    st.prepare(x)
+    per_stage = []
+    for j in range(len(st.plan)):  # one stage at a time (see ncis_deploy.bench.stages)
+        once = lambda j=j: st.run_stage(j)  # noqa: E731
+        harness.warm_up(once, once, opts.warmup_ms)
+        per_stage.append(harness.run_timed(once, None if duration is None else duration / len(st.plan),
+                                           opts.iterations, opts.min_iterations))
+    rec["stages"] = harness.stage_record(st.plan, per_stage, rec["latency_ms"]["median"], st.how)
+
+
+def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None, command: str | None = None) -> dict:
+    """Measure every requested backend × batch (and the stand-in context); return the report."""
+    say = progress or (lambda msg: None)
+    check_options(opts)
+    from ncis_deploy.doctor import report as doctor_report
+
+    doc = doctor_report()
+    avail = availability(doc)
+    specs, vs, defaulted = resolve_backends(opts, avail)
+    any_gpu = any(s.on_gpu for s in specs)
+    if opts.cuda_graph and not any_gpu:
+        raise UserError("--cuda-graph applies to GPU backends, and none of the selected backends runs on a GPU here "
+                        f"(usable: {usable_summary(avail)})")
+    if not opts.data_transfers and not any_gpu:
+        raise UserError("--no-data-transfers applies to GPU backends, and none of the selected backends runs on a "
+                        f"GPU here (usable: {usable_summary(avail)})")
+    duration = None if opts.iterations is not None else (opts.duration_s or DEFAULT_DURATION_S)
+
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    report: dict = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "machine": machine(doc), "settings": {}, "purifier": {}, "results": [],
+        "comparisons": [], "context": [], "skipped": [], "warnings": [], "notes": list(opts.notes),
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="ncis-bench-") as tmpname:
+            tmp = Path(tmpname)
+            src = _open_source(opts, say)
+            report["purifier"] = {"source": src.description, "export_dir": str(src.export_dir) if src.export_dir
+                                  else None, "exported_now": src.exported_now, "config": src.config,
+                                  "weights_sha256": src.weights_sha256, "fixed_hw": src.fixed_hw, "artifacts": {}}
+            report["settings"] = {
+                "warmup_ms": float(opts.warmup_ms), "duration_s": duration, "iterations": opts.iterations,
+                "min_iterations": opts.min_iterations, "threads": opts.threads,
+                "torch_threads": torch.get_num_threads(),
+                "cuda_graph": opts.cuda_graph, "data_transfers": opts.data_transfers, "stages": opts.stages,
+                "vs": vs.label if vs else None, "batches": list(opts.batches), "height": src.height,
+                "width": src.width, "seed": opts.seed, "statistics": CONVENTIONS,
+            }
+            targets = []
+            for spec in specs:
+                try:
+                    artifact = artifact_for(spec, src, tmp, opts.batches, say)
+                except UserError as e:
+                    if not defaulted or spec == vs:
+                        raise UserError(f"backend {spec.label} cannot run {src.description}: {e}") from None
+                    report["skipped"].append({"backend": spec.label, "batch": None, "reason": str(e)})
+                    say(f"skipping {spec.label}: {e}")
+                    continue
+                targets.append(make_target(spec, artifact, threads=opts.threads, cuda_graph=opts.cuda_graph,
+                                           data_transfers=opts.data_transfers, batches=tuple(opts.batches),
+                                           hw=(src.height, src.width), cache_dir=tmp,
+                                           trt_plugins=src.plugin_libraries))
+            if vs is not None:
+                _measure_interleaved(targets, vs, src, opts, duration, tmp, report, say)
+            else:
+                _measure_sequential(targets, src, opts, duration, tmp, report, say)
+            report["purifier"]["artifacts"] = src.artifacts
+            if opts.diffpure:
+                report["context"].append(diffpure_context(opts, duration, report["results"], any_gpu and
+                                                          avail["torch:cuda"][0], say))
+    finally:
+        torch.set_num_threads(threads_before)
+    if not any(r["device"] != "cpu" for r in report["results"]):
+        report["notes"].append("CPU only: latency is the host time of a synchronous query; the trtexec H2D / compute "
+                               "/ D2H split applies to GPU backends")
+    report["notes"].append("peak RSS is the whole process (Python, torch, onnxruntime and every loaded model)")
+    for r in report["results"]:
+        report["warnings"] += [f"{r['label']} batch {r['batch']}: {w}" for w in r["warnings"]]
+    validate(report)  # a mismatch is a bug in this module, not a user error
+    return report
+
+
+def _open_source(opts: BenchOptions, say) -> Source:
+    if opts.preset is not None:
+        return preset_source(opts)
+    d = Path(opts.export_dir or DEFAULT_EXPORT)
+    exported_now = False
+    if opts.export_dir is None and not d.exists():
+        from ncis_deploy.exporters.pipeline import ExportOptions, export
+
+        say(f"no export in ./{DEFAULT_EXPORT}: exporting the default purifier first (as `ncis-deploy export`)")
+        export(ExportOptions(out=str(d), height=opts.height or DEFAULT_HW, width=opts.width or DEFAULT_HW),
+               progress=lambda m: say(f"  export: {m}"))
+        exported_now = True
+    src = load_export(d, opts)
+    src.exported_now = exported_now
+    return src
+
+
+def _input(opts: BenchOptions, batch: int, src: Source) -> np.ndarray:
+    # random values in [0, 1), never zeros: a constant input can run faster than real data
+    return np.random.default_rng(opts.seed + batch).random((batch, 3, src.height, src.width), dtype=np.float32)
+
+
+def _measure_sequential(targets, src, opts, duration, tmp, report, say) -> None:
+    stage_timers: dict = {}
+    for target in targets:
+        target.activate()
+        try:
+            for b in opts.batches:
+                x = _input(opts, b, src)
+                why = target.accepts(x.shape)
+                if why:
+                    report["skipped"].append({"backend": target.label, "batch": b, "reason": why})
+                    say(f"skipping {target.label} batch {b}: {why}")
+                    continue
+                probe = target.memory_probe("case").start()
+                warm = harness.warm_up(lambda: target.prepare(x), target.run_once, opts.warmup_ms)
+                samples = harness.run_timed(target.run_once, duration, opts.iterations, opts.min_iterations)
+                memory = probe.stop()
+                rec = harness.result_record(target, b, (src.height, src.width), samples, warm, memory, False)
+                target.release()
+                if opts.stages:
+                    _time_stages(target, src, rec, x, opts, duration, tmp, stage_timers, report)
+                report["results"].append(rec)
+                _say_case(say, rec)
+        finally:
+            st = stage_timers.pop(target.label, None)
+            if st is not None:
+                st.close()
+            target.close()
+            gc.collect()
+
+
+def _measure_interleaved(targets, vs: BackendSpec, src, opts, duration, tmp, report, say) -> None:
+    stage_timers: dict = {}
+    for t in targets:
+        t.activate()
+    try:
+        for b in opts.batches:
+            x = _input(opts, b, src)
+            live = []
+            for t in targets:
+                why = t.accepts(x.shape)
+                if why:
+                    report["skipped"].append({"backend": t.label, "batch": b, "reason": why})
+                    say(f"skipping {t.label} batch {b}: {why}")
+                else:
+                    live.append(t)
+            if len(live) < 2 or all(t.spec != vs for t in live):
+                report["skipped"].append({"backend": ", ".join(t.label for t in targets), "batch": b,
+                                          "reason": "fewer than two backends can run this batch: nothing to compare"})
+                continue
+            torch_cuda = any(t.spec.backend == "torch" and t.spec.on_gpu for t in live)
+            probe = MemoryProbe("group", torch_cuda=torch_cuda).start()
+            warms = [harness.warm_up(lambda t=t: t.prepare(x), t.run_once, opts.warmup_ms) for t in live]
+            samples = harness.run_interleaved([t.run_once for t in live], duration, opts.iterations,
+                                              opts.min_iterations)
+            memory = probe.stop()
+            recs = {}
+            for t, warm, s in zip(live, warms, samples):
+                recs[t.label] = harness.result_record(t, b, (src.height, src.width), s, warm, dict(memory), True)
+                t.release()
+            base = samples[[t.spec for t in live].index(vs)]
+            for t, s in zip(live, samples):
+                if t.spec != vs:
+                    report["comparisons"].append({"backend": t.label, "vs": vs.label, "batch": b,
+                                                  **harness.paired_ratio(s, base)})
+            for t in live:
+                if opts.stages:
+                    _time_stages(t, src, recs[t.label], x, opts, duration, tmp, stage_timers, report)
+                report["results"].append(recs[t.label])
+                _say_case(say, recs[t.label])
+            for c in report["comparisons"]:
+                if c["batch"] == b:
+                    say(f"{c['backend']} vs {c['vs']} batch {b}: {c['ratio']:.2f}x throughput "
+                        f"(paired {c['paired']['min']:.2f}..{c['paired']['max']:.2f}, {c['rounds']} rounds)")
+    finally:
+        for st in stage_timers.values():
+            st.close()
+        for t in targets:
+            t.close()
+        gc.collect()
+
+
+# -------------------------------------------------------------------------------------------------- context
+def diffpure_context(opts: BenchOptions, duration: float | None, results: list[dict], cuda: bool, say) -> dict:
+    """Time one evaluation of the DiffPure-class UNet stand-in at batch 1 and extrapolate × steps."""
+    import time
+
+    import torch
+
+    from ncis_deploy.bench.diffpure import build_unet, parameter_count
+
+    device = "cuda" if cuda else "cpu"
+    precision = "float16" if cuda else "float32"  # DiffPure's guided-diffusion ImageNet model runs with use_fp16
+    t0 = time.perf_counter()
+    say(f"stand-in: building a DiffPure-class UNet (width {opts.diffpure_width}, {opts.diffpure_size}², "
+        "random weights)")
+    model = build_unet(opts.diffpure_width, opts.diffpure_size, seed=opts.seed)
+    params = parameter_count(model)
+    model = model.to(device, torch.float16 if cuda else torch.float32)
+    gen = torch.Generator().manual_seed(opts.seed)
+    x = torch.rand(1, 3, opts.diffpure_size, opts.diffpure_size, generator=gen) * 2 - 1  # DiffPure's [-1, 1] range
+    x = x.to(device, model.out[2].weight.dtype)
+    t = torch.tensor([opts.diffpure_steps], device=device)
+    build_s = time.perf_counter() - t0
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def once() -> float:
+        s = time.perf_counter()
+        with torch.inference_mode():
+            model(x, t)
+        sync()
+        return time.perf_counter() - s
+
+    probe = MemoryProbe("case", torch_cuda=cuda).start()
+    warm = harness.warm_up(once, once, opts.warmup_ms)
+    # time-based like the rest, but at least ONE step: a full-size step takes seconds on a CPU
+    samples = harness.run_timed(once, duration if duration is not None else DEFAULT_DURATION_S, None, 1)
+    memory = probe.stop()
+    del model
+    gc.collect()
+    step = summarize([s * 1e3 for s in samples])
+    per_image = scale(step, opts.diffpure_steps)
+    n = len(samples)
+    label = (f"stand-in, not DiffPure: DiffPure-class UNet ({params / 1e6:.0f}M params, random weights, "
+             f"{opts.diffpure_size}², {precision}), {n} step{'s' if n > 1 else ''} timed × "
+             f"{opts.diffpure_steps} steps")
+    say(f"stand-in: {n} step(s) timed, median {step['median'] / 1e3:.2f} s per step (built in {build_s:.1f} s)")
+    rel = []
+    best: dict[str, dict] = {}  # per backend on the stand-in's kind of device: its smallest batch
+    for r in results:
+        if (r["device"] != "cpu") == cuda and (r["label"] not in best or r["batch"] < best[r["label"]]["batch"]):
+            best[r["label"]] = r
+    for lbl, r in best.items():
+        ncis = r["latency_ms"]["median"] / r["batch"]
+        rel.append({"label": lbl, "batch": r["batch"], "ncis_per_image_ms": ncis,
+                    "ratio": per_image["median"] / ncis if ncis > 0 else 0.0})
+    from ncis_deploy.bench.diffpure import UNetConfig
+
+    return {"kind": "diffpure-stand-in", "stand_in": True, "label": label,
+            "architecture": UNetConfig(image_size=opts.diffpure_size, width=opts.diffpure_width).as_dict(),
+            "parameters": params, "image_size": opts.diffpure_size, "batch": 1, "steps": opts.diffpure_steps,
+            "timed_steps": n, "warmup_steps": warm[0], "backend": "torch", "device": device, "precision": precision,
+            "step_ms": step, "per_image_ms": per_image,
+            "throughput_ips": 1e3 / per_image["median"] if per_image["median"] > 0 else 0.0,
+            "memory": memory, "relative_to_ncis": rel}

@@ -1,0 +1,356 @@
+"""`ncis-deploy bench`: statistics against known samples, the report schema, the CLI on tiny inputs, bad input.
+
+Everything here is CPU and small (16-32 px images, GS-only or tiny BSN, fractions of a second per case): these tests
+check what the harness reports, not how fast anything is. Performance figures live in benchmarks/results/*.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ncis_deploy.bench import stats
+from ncis_deploy.bench.schema import SCHEMA, SchemaError, errors, validate
+from ncis_deploy.cli import cli
+
+from test_cli import assert_user_error  # noqa: E402
+
+FAST = ["--duration", "0.05", "--warmup", "0", "--no-diffpure"]
+TINY = ["--height", "16", "--width", "16"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["bench", *map(str, args)])
+
+
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+def trtexec_index(p: float, n: int) -> int:
+    """TensorRT sampleReporting.cpp findPercentile, in float64 (its float32 can differ at exact boundaries)."""
+    exclude = int((1 - p / 100) * n)
+    return max(n - 1 - exclude, 0)
+
+
+def test_stats_known_samples():
+    s = stats.summarize([float(v) for v in range(1, 11)])  # 1..10
+    assert (s["n"], s["min"], s["max"], s["mean"], s["median"]) == (10, 1.0, 10.0, 5.5, 5.5)
+    assert (s["p90"], s["p95"], s["p99"]) == (9.0, 10.0, 10.0)
+    assert s["std"] == pytest.approx(math.sqrt(8.25))  # population std, as trtexec
+    assert s["cv_pct"] == pytest.approx(math.sqrt(8.25) / 5.5 * 100)
+    assert s["drift_pct"] == pytest.approx((8 - 3) / 3 * 100)  # medians of 1..5 and 6..10
+
+    s = stats.summarize(list(range(1, 101)))
+    assert (s["median"], s["p90"], s["p95"], s["p99"]) == (50.5, 90, 95, 99)
+
+    s = stats.summarize([3.0, 1.0, 2.0])  # run order kept for drift, sorted for the rest
+    assert (s["median"], s["p90"], s["p99"], s["min"], s["max"]) == (2.0, 3.0, 3.0, 1.0, 3.0)
+    assert s["drift_pct"] is None  # below 4 samples
+
+    s = stats.summarize([7.0])
+    assert s["p99"] == s["median"] == s["min"] == 7.0 and s["cv_pct"] == 0.0
+
+
+def test_percentile_matches_trtexec_rule_and_numpy_inverted_cdf():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 10, 33, 100, 257):
+        x = rng.random(n)
+        srt = np.sort(x)
+        for p in (0, 1, 25, 50, 90, 95, 99, 99.9, 100):
+            got = stats.percentile(x, p)
+            assert got == np.percentile(x, p, method="inverted_cdf")
+            if not float(p * n / 100).is_integer():  # away from the float-rounding boundaries
+                assert got == srt[trtexec_index(p, n)]
+    assert stats.percentile([5, 1, 4, 2, 3], 50) == 3  # nearest rank, never interpolated
+    assert stats.percentile([1.0, 2.0], 50) == 1.0 and stats.median([1.0, 2.0]) == 1.5  # median != p50 for even n
+    with pytest.raises(ValueError):
+        stats.summarize([])
+    with pytest.raises(ValueError):
+        stats.percentile([1.0], 101)
+
+
+def test_scale_and_variance_warnings():
+    s = stats.summarize([10.0, 10.0, 10.0, 30.0])
+    t = stats.scale(s, 150)
+    assert t["median"] == s["median"] * 150 and t["max"] == 4500 and t["cv_pct"] == s["cv_pct"]
+    assert any("coefficient of variation" in w for w in stats.variance_warnings(s, "cpu"))
+    steady = stats.summarize([10.0, 10.3, 9.7, 10.0])  # CV 2.1 %
+    assert stats.variance_warnings(steady, "cpu") == []
+    assert stats.variance_warnings(steady, "gpu")  # trtexec's 1 % threshold for GPU compute time
+    drift = stats.summarize([10.0, 10.0, 10.0, 20.0, 20.0, 20.0])
+    assert any("drifted" in w for w in stats.variance_warnings(drift, "cpu"))
+
+
+# -------------------------------------------------------------------------------------------------------- schema
+def test_validator_reports_problems():
+    good = {"n": 1, "min": 1.0, "mean": 1.0, "median": 1.0, "p90": 1.0, "p95": 1.0, "p99": 1.0, "max": 1.0,
+            "std": 0.0, "cv_pct": 0.0, "drift_pct": None}
+    stats_schema = SCHEMA["properties"]["results"]["items"]["properties"]["latency_ms"]
+    assert errors(good, stats_schema) == []
+    assert errors({**good, "n": 0}, stats_schema) == ["$.n: must be >= 1, got 0"]
+    assert "missing required key 'p99'" in errors({k: v for k, v in good.items() if k != "p99"}, stats_schema)[0]
+    assert "unexpected key" in errors({**good, "extra": 1}, stats_schema)[0]
+    assert "must be number" in errors({**good, "mean": "1"}, stats_schema)[0]
+    assert "must be number" in errors({**good, "mean": True}, stats_schema)[0]
+    assert "must be number" in errors({**good, "mean": float("nan")}, stats_schema)[0]
+    with pytest.raises(SchemaError):
+        validate({"format": "ncis-deploy/bench"})
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    """One real run through the CLI: preset gs, 16x16, batches 1 and 2, JSON + PNG."""
+    d = tmp_path_factory.mktemp("bench")
+    r = run("--preset", "gs", *TINY, "--batch", "1", "--batch", "2", *FAST, "--json", d / "r.json",
+            "--plot", d / "r.png")
+    assert r.exit_code == 0, r.output
+    return r, json.loads((d / "r.json").read_text()), d
+
+
+def test_tiny_run_table_json_and_plot(tiny_report):
+    r, rep, d = tiny_report
+    validate(rep)  # the JSON as written (tuples became lists) still matches the schema
+    assert rep["format"] == "ncis-deploy/bench" and rep["format_version"] == 1
+    assert {(x["label"], x["batch"]) for x in rep["results"]} == {
+        ("torch:cpu", 1), ("torch:cpu", 2), ("onnxruntime:cpu", 1), ("onnxruntime:cpu", 2)}
+    for x in rep["results"]:
+        lat = x["latency_ms"]
+        assert x["iterations"] >= 3 and lat["n"] == x["iterations"]
+        assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert x["throughput_ips"] == pytest.approx(x["batch"] * x["iterations"] / x["walltime_s"])
+        assert x["h2d_ms"] is None and x["memory"]["rss_peak_mib"] > 0  # CPU: no transfer split
+    m = rep["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and "torch" in m["versions"] and "onnxruntime" in m["versions"]
+    assert rep["command"].startswith("ncis-deploy bench --preset gs")
+    assert "| backend | batch | iters |" in r.output and "| onnxruntime:cpu | 2 |" in r.output
+    assert (d / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vs_measures_interleaved_and_reports_the_ratio(tmp_path):
+    r = run("--preset", "gs", *TINY, "--batch", "1", "--batch", "2", *FAST, "--backend", "onnxruntime",
+            "--vs", "torch", "--json", tmp_path / "v.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "v.json").read_text())
+    validate(rep)
+    assert rep["settings"]["vs"] == "torch:cpu"
+    assert all(x["interleaved"] for x in rep["results"])
+    comp = {c["batch"]: c for c in rep["comparisons"]}
+    assert set(comp) == {1, 2}
+    for b, c in comp.items():
+        assert (c["backend"], c["vs"]) == ("onnxruntime:cpu", "torch:cpu")
+        res = {x["label"]: x for x in rep["results"] if x["batch"] == b}
+        assert c["rounds"] == res["onnxruntime:cpu"]["iterations"] == res["torch:cpu"]["iterations"] >= 3
+        assert c["ratio"] == pytest.approx(res["torch:cpu"]["latency_ms"]["median"] /
+                                           res["onnxruntime:cpu"]["latency_ms"]["median"])
+        assert c["paired"]["min"] <= c["paired"]["median"] <= c["paired"]["max"]
+    assert "Interleaved comparison" in r.output
+
+
+def test_stages_time_gs_and_each_bsn_pass(tmp_path):
+    r = run("--preset", "ncis", *TINY, "--batch", "1", *FAST, "--stages", "--json", tmp_path / "s.json",
+            "--plot", tmp_path / "s.png")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "s.json").read_text())
+    validate(rep)
+    for x in rep["results"]:
+        st = x["stages"]
+        assert [row["name"] for row in st["rows"]] == ["GS k3 σ1 ×5", "BSN pass 1/1"], x["label"]
+        assert [row["kind"] for row in st["rows"]] == ["gs", "bsn"]
+        assert sum(row["share_pct"] for row in st["rows"]) == pytest.approx(100)
+        assert st["sum_median_ms"] == pytest.approx(sum(row["latency_ms"]["median"] for row in st["rows"]))
+    assert "| torch:cpu | 1 | BSN pass 1/1 |" in r.output and "| onnxruntime:cpu | 1 | GS k3" in r.output
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_stage_plan_fuses_consecutive_gs_and_splits_bsn_passes():
+    from ncis_deploy.bench.stages import stage_plan
+    from ncis_deploy.model.purifier import normalize_config
+
+    cfg = normalize_config({"stages": [{"type": "gs", "kernel_size": 3, "sigma": 1.0, "iterations": 2},
+                                       {"type": "gs", "kernel_size": 5, "sigma": 2.0, "iterations": 1},
+                                       {"type": "bsn", "iterations": 2},
+                                       {"type": "gs", "kernel_size": 3, "sigma": 0.5, "iterations": 1}],
+                            "bsn": {"channels": 3, "layers": 3, "filters": 8}})
+    plan = stage_plan(cfg)
+    assert [p["name"] for p in plan] == ["GS k3 σ1 ×2 + k5 σ2 ×1", "BSN pass 1/2", "BSN pass 2/2",
+                                         "GS k3 σ0.5 ×1"]
+    assert plan[-1].get("last") and not plan[0].get("last")
+
+
+def test_stand_in_context_row(tmp_path):
+    r = run("--preset", "gs", *TINY, "--batch", "1", "--duration", "0.05", "--warmup", "0", "--backend", "torch",
+            "--diffpure-width", "32", "--diffpure-size", "32", "--diffpure-steps", "10", "--json", tmp_path / "c.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "c.json").read_text())
+    validate(rep)
+    (c,) = rep["context"]
+    assert c["stand_in"] is True and c["kind"] == "diffpure-stand-in" and "stand-in" in c["label"]
+    assert c["steps"] == 10 and c["timed_steps"] >= 1 and c["batch"] == 1
+    assert c["per_image_ms"]["median"] == pytest.approx(c["step_ms"]["median"] * 10)
+    (rel,) = c["relative_to_ncis"]
+    assert rel["label"] == "torch:cpu" and rel["ratio"] > 0
+    assert "*stand-in, not DiffPure" in r.output and "× 10 (extrapolated)" in r.output
+
+
+def test_stand_in_full_size_is_diffpure_class():
+    """The default stand-in has the architecture and size class of DiffPure's ImageNet UNet (~552M parameters)."""
+    import torch
+
+    from ncis_deploy.bench.diffpure import DiffusionUNet, UNetConfig, parameter_count
+
+    with torch.device("meta"):  # no memory, no init: count only
+        full = DiffusionUNet(UNetConfig())
+    assert 540e6 < parameter_count(full) < 560e6
+    small = DiffusionUNet(UNetConfig(image_size=32, width=32)).eval()
+    with torch.inference_mode():
+        y = small(torch.rand(2, 3, 32, 32), torch.tensor([10, 20]))
+    assert y.shape == (2, 6, 32, 32) and torch.isfinite(y).all()
+
+
+# ----------------------------------------------------------------------------------------------- export directory
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from ncis_deploy.exporters.pipeline import ExportOptions, export
+
+    d = tmp_path_factory.mktemp("exp") / "ncis_export"
+    export(ExportOptions(source="gs", out=str(d), height=16, width=16))
+    return d
+
+
+def test_export_dir_and_default_export(tiny_export, tmp_path, monkeypatch):
+    r = run(tiny_export, *FAST, "--batch", "2", "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["purifier"]["export_dir"] == str(tiny_export) and not rep["purifier"]["exported_now"]
+    assert rep["settings"]["height"] == 16 and rep["purifier"]["fixed_hw"]
+    assert rep["purifier"]["artifacts"]["onnxruntime"]["file"].endswith("purifier.onnx")
+    assert {x["label"] for x in rep["results"]} == {"torch:cpu", "onnxruntime:cpu"}
+    # zero arguments: ./ncis_export, batches 1 and 8, every usable backend
+    monkeypatch.chdir(tiny_export.parent)
+    r = run(*FAST, "--json", tmp_path / "z.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "z.json").read_text())
+    assert rep["purifier"]["export_dir"] == "ncis_export"
+    assert sorted({x["batch"] for x in rep["results"]}) == [1, 8]
+    assert {x["label"] for x in rep["results"]} == {"torch:cpu", "onnxruntime:cpu"}
+    assert any(s["backend"] == "tensorrt:cuda" for s in rep["skipped"]) or not any(
+        "tensorrt" in x["label"] for x in rep["results"])
+    # fixed-size export: another size is refused
+    assert_user_error(run(tiny_export, *FAST, "--height", "32"), "fixed at 16x16", "--dynamic-hw")
+
+
+def test_missing_default_export_is_made_on_the_fly(tmp_path, monkeypatch):
+    from ncis_deploy.exporters import pipeline
+
+    real = pipeline.export
+    calls = []
+
+    def small_export(opts, progress=None):  # the default export, made small so the test stays fast
+        calls.append(opts.out)
+        opts.source, opts.height, opts.width = "gs", 16, 16
+        return real(opts, progress)
+
+    monkeypatch.setattr(pipeline, "export", small_export)
+    monkeypatch.chdir(tmp_path)
+    r = run(*FAST, "--batch", "1", "--backend", "onnxruntime", "--json", "r.json")
+    assert r.exit_code == 0, r.output
+    assert calls == ["ncis_export"] and (tmp_path / "ncis_export" / "manifest.json").is_file()
+    assert json.loads((tmp_path / "r.json").read_text())["purifier"]["exported_now"] is True
+
+
+# ----------------------------------------------------------------------------------------------------- bad input
+def test_unknown_backend_lists_the_usable_ones():
+    line = assert_user_error(run("--preset", "gs", "--backend", "tflite", *FAST), "unknown backend 'tflite'",
+                             "usable here")
+    assert "torch" in line and "onnxruntime" in line
+    assert_user_error(run("--preset", "gs", "--backend", "torch:tpu", *FAST), "unknown device 'tpu'")
+
+
+def test_backend_not_usable_here_says_why():
+    from ncis_deploy.doctor import report
+
+    if report()["backends"]["tensorrt"]["usable"]:
+        pytest.skip("TensorRT is usable on this machine")
+    assert_user_error(run("--preset", "gs", "--backend", "tensorrt", *FAST), "tensorrt:cuda is not usable here",
+                      "tensorrt")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert_user_error(run("--preset", "gs", "--backend", "torch:cuda", *FAST), "sees no CUDA GPU")
+        assert_user_error(run("--preset", "gs", "--cuda-graph", *FAST), "--cuda-graph", "GPU")
+        assert_user_error(run("--preset", "gs", "--no-data-transfers", *FAST), "GPU")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--batch", "0"], ["--batch must be >= 1"]),
+    (["--duration", "-1"], ["--duration must be a positive"]),
+    (["--duration", "1", "--iterations", "3"], ["either --duration or --iterations"]),
+    (["--iterations", "0"], ["--iterations must be >= 1"]),
+    (["--warmup", "-5"], ["--warmup"]),
+    (["--height", "1"], ["--height must be >= 2"]),
+    (["--preset", "nope"], ["unknown preset 'nope'"]),
+    (["--vs", "torch", "--backend", "torch"], ["--vs torch:cpu needs another backend"]),
+    (["--vs", "tflite"], ["unknown --vs backend"]),
+])
+def test_bad_options(args, words):
+    source = [] if "--preset" in args else ["--preset", "gs"]
+    assert_user_error(run(*source, *args, "--no-diffpure"), *words)
+
+
+def test_missing_and_corrupt_export_dirs(tmp_path, tiny_export):
+    import shutil
+
+    assert_user_error(run(tmp_path / "nope", *FAST), "does not exist", "ncis-deploy export --out")
+    assert_user_error(run(tiny_export, "--preset", "gs", *FAST), "either an export directory or --preset")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(run(empty, *FAST), "not an ncis-deploy export (no manifest.json)")
+    garbled = tmp_path / "garbled"
+    shutil.copytree(tiny_export, garbled)
+    (garbled / "manifest.json").write_text("{not json")
+    assert_user_error(run(garbled, *FAST), "corrupt", "re-export")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_export, tampered)
+    data = bytearray((tampered / "purifier.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / "purifier.onnx").write_bytes(bytes(data))
+    assert_user_error(run(tampered, *FAST), "corrupt", "SHA-256")
+    (tampered / "purifier.onnx").unlink()
+    assert_user_error(run(tampered, *FAST), "no purifier.onnx")
+
+
+def test_schema_flag_prints_the_schema():
+    r = run("--schema")
+    assert r.exit_code == 0
+    assert json.loads(r.output) == json.loads(json.dumps(SCHEMA))
+
+
+# ------------------------------------------------------------------------------------------------------ GPU paths
+@pytest.mark.gpu
+def test_gpu_split_and_cuda_graph_torch(tmp_path):
+    r = run("--preset", "ncis", "--height", "64", "--width", "64", "--batch", "1", "--batch", "4", "--backend",
+            "torch:cuda", "--duration", "0.2", "--cuda-graph", "--no-diffpure", "--json", tmp_path / "g.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "g.json").read_text())
+    validate(rep)
+    for x in rep["results"]:
+        assert x["cuda_graph"] and x["h2d_ms"] and x["compute_ms"] and x["d2h_ms"]
+        assert x["latency_ms"]["median"] == pytest.approx(
+            x["h2d_ms"]["median"] + x["compute_ms"]["median"] + x["d2h_ms"]["median"], rel=0.5)
+        assert x["memory"]["cuda_max_allocated_mib"] > 0
+    r = run("--preset", "ncis", "--height", "64", "--width", "64", "--batch", "2", "--backend", "torch:cuda",
+            "--duration", "0.2", "--no-data-transfers", "--no-diffpure", "--vs", "torch:cpu")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_backend(tmp_path):
+    r = run("--preset", "gs", "--height", "64", "--width", "64", "--batch", "1", "--batch", "4", "--backend",
+            "tensorrt", "--duration", "0.2", "--cuda-graph", "--no-diffpure", "--json", tmp_path / "t.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "t.json").read_text())
+    assert all(x["compute_ms"] for x in rep["results"])
