@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-demo: setup  ## export the default purifier (with parity checks), purify the bundled photos, train the BSN briefly
-	$(BIN)/ncis-deploy export --out demo/export
-	$(BIN)/ncis-deploy purify --out demo/purified
+demo: setup  ## export the default purifier (parity-checked), benchmark every usable backend, purify, train briefly
+	$(BIN)/ncis-deploy export --out demo/export --dynamic-hw
+	$(BIN)/ncis-deploy bench demo/export --json demo/bench.json --plot demo/bench.png
+	$(BIN)/ncis-deploy purify --out demo/purified --backend onnxruntime --model demo/export/purifier.onnx
 	$(BIN)/ncis-deploy train --steps 20 --crop 32 --batch 4 --out demo/bsn
 
 test: setup
