@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the peer PGD for the cross-check test; --no-deps because it pins an old requests and wants torchvision,
+	# neither of which its attacks need
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	touch $@
 
 demo: setup  ## export the default purifier (parity-checked), benchmark every usable backend, purify, train briefly

