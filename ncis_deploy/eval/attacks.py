@@ -99,15 +99,29 @@ def pgd(f: Model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
     if steps < 1:
         raise UserError(f"attack steps must be >= 1, got {steps}")
     alpha = 2.5 * eps / steps if alpha is None else alpha
+
+    def start(xb, gen):
+        return (_random_start(xb, eps, norm, gen) if random_start and eps > 0 else xb.clone()), None
+
+    def update(x_adv, xb, yb, gen, state):
+        g, logits = _grad(f, x_adv, yb, eot)
+        return project(_step(x_adv, g, alpha, norm), xb, eps, norm).detach(), state, logits
+
+    return _iterate(f, x, y, steps, batch, seed, progress, start, update)
+
+
+def _iterate(f: Model, x, y, steps: int, batch: int, seed: int, progress, start, update) -> AttackOutput:
+    """The loop every iterative attack shares: batches, one seeded generator per batch (so results do not depend on
+    what ran before), ``steps`` updates with the accuracy trajectory before each, and the final evaluation.
+    ``start(xb, gen) -> (x_adv, state)``; ``update(x_adv, xb, yb, gen, state) -> (x_adv, state, logits)``."""
     advs, corrects, traj = [], [], torch.zeros(steps + 1)
     for bi, (a, b) in enumerate(_batches(x.shape[0], batch)):
         xb, yb = x[a:b], y[a:b]
         gen = torch.Generator().manual_seed(seed * 100003 + bi)
-        x_adv = _random_start(xb, eps, norm, gen) if random_start and eps > 0 else xb.clone()
+        x_adv, state = start(xb, gen)
         for t in range(steps):
-            g, logits = _grad(f, x_adv, yb, eot)
+            x_adv, state, logits = update(x_adv, xb, yb, gen, state)
             traj[t] += (logits.argmax(1) == yb).sum()
-            x_adv = project(_step(x_adv, g, alpha, norm), xb, eps, norm).detach()
             if progress:
                 progress(b - a)
         with torch.no_grad():
@@ -154,27 +168,19 @@ def mifgsm(f: Model, x, y, eps: float, steps: int = 10, alpha: float | None = No
     ``di_prob=0`` turns DI off, ``ti_size<=1`` turns TI off."""
     check_eps(eps, "linf")
     alpha = eps / steps if alpha is None else alpha
-    advs, corrects, traj = [], [], torch.zeros(steps + 1)
-    for bi, (a, b) in enumerate(_batches(x.shape[0], batch)):
-        xb, yb = x[a:b], y[a:b]
-        gen = torch.Generator().manual_seed(seed * 100003 + bi)
-        x_adv, mom = xb.clone(), torch.zeros_like(xb)
-        kern = _ti_kernel(ti_size, ti_sigma, xb.shape[1]).to(xb) if ti_size > 1 else None
-        for t in range(steps):
-            g, logits = _grad(f, x_adv, yb, 1, transform=lambda z: _diverse_input(z, gen, di_prob))
-            traj[t] += (logits.argmax(1) == yb).sum()
-            if kern is not None:
-                g = F.conv2d(g, kern, padding=ti_size // 2, groups=xb.shape[1])
-            mom = decay * mom + g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            x_adv = project(x_adv + alpha * mom.sign(), xb, eps, "linf").detach()
-            if progress:
-                progress(b - a)
-        with torch.no_grad():
-            ok = f(x_adv).argmax(1) == yb
-        traj[steps] += ok.sum()
-        advs.append(x_adv)
-        corrects.append(ok)
-    return AttackOutput(torch.cat(advs), torch.cat(corrects), (traj / x.shape[0]).tolist())
+    kern = _ti_kernel(ti_size, ti_sigma, x.shape[1]).to(x) if ti_size > 1 else None
+
+    def start(xb, gen):
+        return xb.clone(), torch.zeros_like(xb)
+
+    def update(x_adv, xb, yb, gen, mom):
+        g, logits = _grad(f, x_adv, yb, 1, transform=lambda z: _diverse_input(z, gen, di_prob))
+        if kern is not None:
+            g = F.conv2d(g, kern, padding=ti_size // 2, groups=xb.shape[1])
+        mom = decay * mom + g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return project(x_adv + alpha * mom.sign(), xb, eps, "linf").detach(), mom, logits
+
+    return _iterate(f, x, y, steps, batch, seed, progress, start, update)
 
 
 # ------------------------------------------------------------------------------------------- what is attacked
