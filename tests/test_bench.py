@@ -354,3 +354,21 @@ def test_tensorrt_backend(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "t.json").read_text())
     assert all(x["compute_ms"] for x in rep["results"])
+
+
+def test_a_refused_shape_is_recorded_and_said_not_timed():
+    from ncis_deploy.bench.core import _refused
+
+    class Target:
+        label = "onnxruntime:cpu"
+
+        def accepts(self, shape):
+            return None if shape[0] <= 4 else "batch above the artifact's maximum 4"
+
+    report, said = {"skipped": []}, []
+    assert not _refused(Target(), np.zeros((4, 3, 8, 8)), 4, report, said.append)
+    assert report["skipped"] == [] and said == []
+    assert _refused(Target(), np.zeros((8, 3, 8, 8)), 8, report, said.append)
+    assert report["skipped"] == [{"backend": "onnxruntime:cpu", "batch": 8,
+                                  "reason": "batch above the artifact's maximum 4"}]
+    assert said == ["skipping onnxruntime:cpu batch 8: batch above the artifact's maximum 4"]

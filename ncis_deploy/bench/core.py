@@ -496,6 +496,15 @@ def _input(opts: BenchOptions, batch: int, src: Source) -> np.ndarray:
     return np.random.default_rng(opts.seed + batch).random((batch, 3, src.height, src.width), dtype=np.float32)
 
 
+def _refused(target, x: np.ndarray, batch: int, report: dict, say) -> bool:
+    """True (and the skip recorded and said) when the target's artifact does not accept this input shape."""
+    why = target.accepts(x.shape)
+    if why:
+        report["skipped"].append({"backend": target.label, "batch": batch, "reason": why})
+        say(f"skipping {target.label} batch {batch}: {why}")
+    return bool(why)
+
+
 def _measure_sequential(targets, src, opts, duration, tmp, report, say) -> None:
     stage_timers: dict = {}
     for target in targets:
@@ -503,10 +512,7 @@ def _measure_sequential(targets, src, opts, duration, tmp, report, say) -> None:
         try:
             for b in opts.batches:
                 x = _input(opts, b, src)
-                why = target.accepts(x.shape)
-                if why:
-                    report["skipped"].append({"backend": target.label, "batch": b, "reason": why})
-                    say(f"skipping {target.label} batch {b}: {why}")
+                if _refused(target, x, b, report, say):
                     continue
                 probe = target.memory_probe("case").start()
                 warm = harness.warm_up(lambda: target.prepare(x), target.run_once, opts.warmup_ms)
@@ -533,14 +539,7 @@ def _measure_interleaved(targets, vs: BackendSpec, src, opts, duration, tmp, rep
     try:
         for b in opts.batches:
             x = _input(opts, b, src)
-            live = []
-            for t in targets:
-                why = t.accepts(x.shape)
-                if why:
-                    report["skipped"].append({"backend": t.label, "batch": b, "reason": why})
-                    say(f"skipping {t.label} batch {b}: {why}")
-                else:
-                    live.append(t)
+            live = [t for t in targets if not _refused(t, x, b, report, say)]
             if len(live) < 2 or all(t.spec != vs for t in live):
                 report["skipped"].append({"backend": ", ".join(t.label for t in targets), "batch": b,
                                           "reason": "fewer than two backends can run this batch: nothing to compare"})
