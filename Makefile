@@ -5,14 +5,16 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test kernels clean
+.PHONY: setup demo test test-numpy2 kernels clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# serve: nvidia-pytriton (a real tritonserver for `ncis-deploy serve` and its tests) + tritonclient; it pins
+	# numpy<2, so this environment runs numpy 1.26 -- `make test-numpy2` covers numpy 2 without it
+	$(BIN)/python -m pip install -q -e '.[dev,serve]'
 	# the peer PGD for the cross-check test; --no-deps because it pins an old requests and wants torchvision,
 	# neither of which its attacks need
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
@@ -27,6 +29,21 @@ demo: setup  ## export the default purifier (parity-checked), benchmark every us
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The same suite on numpy 2 (what a plain `pip install ncis-deploy` gets), in a second environment without the
+# serve extra; the Triton tests skip there (they ran in `make test`).
+VENV2 ?= .venv-numpy2
+test-numpy2: $(VENV2)/.installed
+	$(VENV2)/bin/python -c "import numpy, sys; sys.exit(0 if int(numpy.__version__.split('.')[0]) >= 2 else 'numpy 2 expected')"
+	$(VENV2)/bin/python -m pytest -q
+
+$(VENV2)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV2)
+	$(VENV2)/bin/python -m pip install -q --upgrade pip
+	$(VENV2)/bin/python -m pip install -q $(TORCH)
+	$(VENV2)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV2)/bin/python -m pip install -q --no-deps torchattacks==3.5.1
+	touch $@
+
 # The CUDA smoothing kernel, compiled by nvcc for A100 (sm_80) and H100/H200 (sm_90) with warnings as errors: no GPU
 # needed, and a compile error fails (CI runs this before the tests). The TensorRT plugin and the C++ example are
 # CMake projects (kernels/, export/cpp/) that say themselves when TensorRT is missing.
@@ -40,4 +57,4 @@ kernels:
 	@echo "make kernels: gaussian_smooth.cu compiles for $(foreach a,$(CUDA_ARCHS),sm_$(a))"
 
 clean:
-	rm -rf $(VENV) demo
+	rm -rf $(VENV) $(VENV2) demo

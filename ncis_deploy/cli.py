@@ -193,11 +193,20 @@ def purify(inputs, out, preset, config_path, weights, backend, model, device, pl
 @click.option("--plugin-lib", type=click.Path(path_type=Path), default=None,
               help="The NcisGaussianSmooth TensorRT plugin library (built from kernels/): loaded for the engine build, "
                    "recorded in the manifest.")
+@click.option("--triton", is_flag=True,
+              help="Also write a Triton Inference Server model repository (OUT/triton/): the purifier on ONNX Runtime, "
+                   "the TensorRT plan when an engine was built, and with --classifier the classifier and a purifier -> "
+                   "classifier ensemble; every config.pbtxt is validated (needs ncis-deploy[serve]). max_batch_size "
+                   "is --batch MAX, the preferred batch --batch OPT.")
+@click.option("--triton-instances", type=int, default=1, show_default=True,
+              help="Model instances per model (instance_group count; per GPU on GPU nodes).")
+@click.option("--triton-queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching: how long a request may wait for others to join its batch.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the manifest here.")
 @user_errors
 def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_text, opset, fp16, tensorrt,
            version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std, smoothing,
-           plugin_lib, json_path):
+           plugin_lib, triton, triton_instances, triton_queue_delay_us, json_path):
     """Export the fused purifier to ONNX (and a TensorRT engine where possible), check that every artifact computes
     what PyTorch computes, and write manifest.json.
 
@@ -212,7 +221,8 @@ def export(preset, config_path, weights, out, height, width, dynamic_hw, batch_t
                          timing_cache=str(timing_cache) if timing_cache else None,
                          classifier=str(classifier) if classifier else None,
                          classifier_mean=tuple(classifier_mean), classifier_std=tuple(classifier_std),
-                         smoothing=smoothing, plugin_lib=str(plugin_lib) if plugin_lib else None)
+                         smoothing=smoothing, plugin_lib=str(plugin_lib) if plugin_lib else None, triton=triton,
+                         triton_instances=triton_instances, triton_queue_delay_us=triton_queue_delay_us)
     m = run_export(opts, progress=lambda msg: click.echo(f"  {msg}", err=True))
     click.echo(render_manifest(m, out))
     write_outputs(m, json_path)
@@ -246,6 +256,11 @@ def render_manifest(m: dict, out: Path) -> str:
                       f"({b['ratio']:.3f}x), outputs equal within {b['max_abs_diff_live_vs_dense']:.1e}"]
     t = m["tensorrt"]
     lines += ["", "TensorRT engine: " + ("built" if t["built"] else f"not built: {t['reason']}")]
+    if "triton" in m:
+        tr = m["triton"]
+        lines += ["", f"Triton model repository {out}/{tr['directory']}/ (max_batch_size {tr['max_batch_size']}, "
+                      f"{tr['instances']} instance(s), configs validated): "
+                      + ", ".join(f"{x['name']} ({x['platform']})" for x in tr["models"])]
     return "\n".join(lines)
 
 # ----------------------------------------------------------------------------------------------------------- doctor
@@ -358,7 +373,7 @@ def _require_matplotlib() -> None:
         raise missing_package("matplotlib", "plots")
 
 
-def _parse_eps(text: str) -> float:
+def _parse_eps(text: str, option: str = "--eps") -> float:
     """'8/255', '0.0314' or '8' (read as 8/255 only with the /255: a bare 8 is out of range and says so)."""
     try:
         if "/" in text:
@@ -366,7 +381,7 @@ def _parse_eps(text: str) -> float:
             return float(num) / float(den)
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise UserError(f"--eps {text!r} is not a number or a fraction like 8/255") from None
+        raise UserError(f"{option} {text!r} is not a number or a fraction like 8/255") from None
 
 
 @cli.command(name="eval")
@@ -382,56 +397,76 @@ def _parse_eps(text: str) -> float:
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="BSN weights for presets with a BSN.")
 @click.option("--attack", "attacks", multiple=True,
               help="fgsm, pgd, pgd-l2, mifgsm (purifier-blind); transfer; adaptive, bpda (adaptive). Repeatable. "
-                   "Default: pgd and adaptive.")
-@click.option("--eps", "eps_text", multiple=True, help="ℓ∞ radius, e.g. 8/255 (repeatable). Default: 8/255.")
+                   "Default: pgd, transfer (when there is a surrogate: --surrogate, or the built-in ghost ensemble "
+                   "for efficientnet-lite0) and adaptive.")
+@click.option("--eps", "eps_text", multiple=True,
+              help="ℓ∞ radius of purifier-blind and transfer attacks, e.g. 8/255 (repeatable). Default: 2/255, "
+                   "4/255, 8/255, 16/255 (the sweep: 8/255).")
+@click.option("--adaptive-eps", "adaptive_eps_text", multiple=True,
+              help="ℓ∞ radius of adaptive attacks (repeatable; each costs one attack through every purifier). "
+                   "Default: 8/255.")
 @click.option("--eps-l2", type=float, default=1.0, show_default=True, help="ℓ2 radius for pgd-l2.")
 @click.option("--steps", type=int, default=10, show_default=True, help="PGD steps for purifier-blind attacks.")
 @click.option("--adaptive-steps", type=int, default=5, show_default=True,
               help="PGD steps for adaptive attacks (each backpropagates through the BSN: costly on CPU).")
 @click.option("--adaptive-images", type=int, default=8, show_default=True, help="Images for adaptive attacks.")
 @click.option("--transfer-steps", type=int, default=10, show_default=True, help="MI-FGSM steps (transfer, mifgsm).")
-@click.option("--surrogate", "surrogates", multiple=True, help="Surrogate classifier(s) for --attack transfer.")
+@click.option("--surrogate", "surrogates", multiple=True,
+              help="Surrogate classifier(s) for the transfer attack (same forms as --classifier, or "
+                   "efficientnet-lite0-ghost). Default for efficientnet-lite0: efficientnet-lite0-ghost, ghost copies "
+                   "of the target itself (a stronger attack than a true black box).")
 @click.option("--eot", type=int, default=1, show_default=True, help="EOT samples (only useful for a random stage).")
 @click.option("--crops", type=int, default=2, show_default=True, help="Crops per bundled photo (11 photos).")
 @click.option("--images", type=int, default=None, help="Use at most this many images (spread over the set).")
 @click.option("--size", type=int, default=224, show_default=True, help="Square evaluation size.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Images per forward/backward batch.")
+@click.option("--batch", type=int, default=4, show_default=True,
+              help="Images per forward/backward batch (4 is fastest on a CPU: the BSN's activations are large).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for crops, random starts and DI.")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Compare ORT vs torch purification.")
 @click.option("--sweep", is_flag=True,
               help="Instead: clean vs purifier-blind robust agreement over a grid of GS (kernel, sigma, iterations) "
                    "and BSN iterations (the first --eps, --steps PGD steps), to choose presets by measurement.")
+@click.option("--grid", "grid_specs", multiple=True, metavar="KEY=V1,V2",
+              help="Sweep only these values (repeatable): kernel_size, sigma, iterations, bsn_iterations; keys not "
+                   "given keep the default grid (k 3,5; σ 0.5,1,2; T 1,2,5; BSN 0,1,2).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Plot robust rate vs ε per preset and threat model (sweep: clean vs robust scatter; needs "
                    "matplotlib).")
 @click.pass_context
 @user_errors
-def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps_text, eps_l2, steps, adaptive_steps,
-             adaptive_images, transfer_steps, surrogates, eot, crops, images, size, batch, seed, parity, sweep,
-             json_path, plot_path):
+def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps_text, adaptive_eps_text, eps_l2, steps,
+             adaptive_steps, adaptive_images, transfer_steps, surrogates, eot, crops, images, size, batch, seed, parity,
+             sweep, grid_specs, json_path, plot_path):
     """Accuracy parity and robustness of each purifier preset under purifier-blind, transfer and adaptive attacks.
 
     With no arguments: efficientnet-lite0 on 22 crops of the bundled photos, presets none / gs / ncis, clean,
-    purifier-blind PGD at 8/255 (10 steps), adaptive (full-gradient) PGD on an 8-image subset (5 steps: each step
-    backpropagates through the BSN), and ORT-vs-torch parity.
+    purifier-blind PGD at 2, 4, 8 and 16/255 (10 steps), a transfer attack (MI-FGSM + DI + TI, 10 steps, same ε)
+    from ghost copies of the classifier, adaptive (full-gradient) PGD at 8/255 on an 8-image subset (5 steps: each
+    step backpropagates through the BSN), and ORT-vs-torch parity.
     Sanity checks from the literature run every time and print a warning when they fail.
     """
     from ncis_deploy.eval import EvalOptions, plot, render_markdown, run_eval
+    from ncis_deploy.eval.core import DEFAULT_EPS
 
+    eps = tuple(_parse_eps(e) for e in eps_text) or ((8 / 255,) if sweep else DEFAULT_EPS)
     opts = EvalOptions(classifier=classifier, data=str(data) if data else None, labels=str(labels) if labels else None,
-                       presets=tuple(presets) or ("none", "gs", "ncis"), attacks=tuple(attacks) or None,
-                       eps=tuple(_parse_eps(e) for e in eps_text) or (8 / 255,), eps_l2=eps_l2, steps=steps,
+                       presets=tuple(presets) or ("none", "gs", "ncis"), attacks=tuple(attacks) or None, eps=eps,
+                       adaptive_eps=tuple(_parse_eps(e, "--adaptive-eps") for e in adaptive_eps_text) or (8 / 255,),
+                       eps_l2=eps_l2, steps=steps,
                        adaptive_steps=adaptive_steps, adaptive_images=adaptive_images, transfer_steps=transfer_steps,
                        surrogates=tuple(surrogates), eot=eot, crops=crops, images=images, size=size, batch=batch,
                        seed=seed, parity=parity, weights=str(weights) if weights else None)
     say = lambda msg: click.echo(f"  {msg}", err=True)  # noqa: E731
+    if grid_specs and not sweep:
+        raise UserError("--grid only applies to --sweep; add --sweep or drop --grid")
     if sweep:
-        from ncis_deploy.eval.sweep import plot_sweep, render_sweep, run_sweep
+        from ncis_deploy.eval.sweep import parse_grid, plot_sweep, render_sweep, run_sweep
 
+        grid = parse_grid(grid_specs)
         if plot_path:
             _require_matplotlib()
-        report = run_sweep(opts, progress=say, command=_command_line(ctx))
+        report = run_sweep(opts, grid=grid, progress=say, command=_command_line(ctx))
         click.echo(render_sweep(report))
         plot_fn = plot_sweep
     else:
@@ -441,6 +476,44 @@ def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps_text,
         click.echo(render_markdown(report))
         plot_fn = plot
     write_outputs(report, json_path, plot_path, plot_fn)
+
+
+# ------------------------------------------------------------------------------------------------------------ serve
+@cli.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=Path("ncis_export"))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Loopback by default; 0.0.0.0 exposes the server to the network.")
+@click.option("--http-port", type=int, default=8000, show_default=True, help="HTTP/REST port (KServe v2 protocol).")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port.")
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics port.")
+@click.option("--max-batch", type=int, default=None, help="Largest dynamic batch [default: the export's --batch MAX].")
+@click.option("--instances", type=int, default=1, show_default=True,
+              help="Model instances (each its own runner), so batches run concurrently.")
+@click.option("--queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching: how long a request may wait for others to join its batch.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="Runner behind the server: onnxruntime (purifier.onnx) or tensorrt (purifier.engine, GPU).")
+@click.option("--device", default="cpu", show_default=True, help="onnxruntime device: cpu, cuda or cuda:N.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads per onnxruntime instance [default: "
+                                                        "cores / instances].")
+@click.option("--verbose", is_flag=True, help="Show tritonserver's own log.")
+@user_errors
+def serve(export_dir, host, http_port, grpc_port, metrics_port, max_batch, instances, queue_delay_us, backend, device,
+          threads, verbose):
+    """Serve an export (default ./ncis_export) with a real Triton Inference Server (bundled by nvidia-pytriton;
+    needs ncis-deploy[serve]) as model `ncis_purifier`: tensors `input` -> `output`, float NCHW in [0, 1], dynamic
+    batching. Runs until Ctrl-C or SIGTERM, then stops the server and removes its workspace.
+
+    The same model name and tensors as `export --triton` writes, so export/python/triton_client.py works against
+    both this server and the official Triton container serving the exported repository.
+    """
+    from ncis_deploy.serve import ServeOptions, serve_forever
+
+    opts = ServeOptions(export_dir=str(export_dir), host=host, http_port=http_port, grpc_port=grpc_port,
+                        metrics_port=metrics_port, max_batch=max_batch, instances=instances,
+                        queue_delay_us=queue_delay_us, backend=backend, device=device, threads=threads,
+                        verbose=verbose)
+    serve_forever(opts, say=lambda msg: click.echo(msg, err=True))
 
 
 def main() -> None:

@@ -207,7 +207,7 @@ def report() -> dict:
     r: dict[str, Any] = {"python": {"version": platform.python_version(), "executable": sys.executable,
                                     "platform": platform.platform()}}
     for key, fn in (("torch", _torch), ("onnx", lambda: _simple("onnx")), ("onnxruntime", _onnxruntime),
-                    ("tensorrt", _tensorrt), ("cuda_python", _cuda_python)):
+                    ("tensorrt", _tensorrt), ("cuda_python", _cuda_python), ("serve", _serve)):
         try:
             r[key] = fn()
         except Exception as e:  # a bug in a probe must not hide the other sections
@@ -218,6 +218,20 @@ def report() -> dict:
         r["backends"] = {b: {"usable": False, "reason": f"doctor bug: {_err(e)}"}
                          for b in ("torch", "onnxruntime", "tensorrt")}
     return r
+
+
+def _serve() -> dict:
+    """Can `ncis-deploy serve` start here: pytriton importable, a numpy it works with, a shared libpython."""
+    from ncis_deploy.errors import UserError
+    from ncis_deploy.serve import python_library_env, require_pytriton
+
+    try:
+        version = require_pytriton()
+        python_library_env()
+    except UserError as e:
+        installed = "not installed" not in str(e) and "needs nvidia-pytriton" not in str(e)
+        return {"installed": installed, "usable": False, "error": str(e)}
+    return {"installed": True, "version": version, "usable": True}
 
 
 def _simple(name: str) -> dict:
@@ -255,6 +269,10 @@ def render(r: dict) -> str:
     c = r.get("cuda_python", {})
     pkg("cuda_python", "cuda-python", f"   CUDA devices: {c.get('device_count', 0)}"
         + (f" ({c['error']})" if c.get("error") and c.get("installed") else ""))
+
+    sv = r.get("serve", {})
+    rows.append(("nvidia-pytriton", f"{sv['version']}   (`serve` usable)" if sv.get("usable")
+                 else f"`serve` NOT usable: {sv.get('error', '?')}"))
 
     lines = ["ncis-deploy doctor", ""]
     width = max(len(k) for k, _ in rows) + 2

@@ -1,11 +1,14 @@
-"""Markers: ``gpu`` (needs CUDA), ``tensorrt`` (needs tensorrt + CUDA), ``slow`` (needs --runslow).
+"""Markers: ``gpu`` (needs CUDA), ``tensorrt`` (needs tensorrt + CUDA), ``triton`` (needs nvidia-pytriton, the serve
+extra), ``slow`` (needs --runslow).
 
-They skip only where the hardware or package is missing; CPU paths never skip.
+They skip only where the hardware or package is missing; CPU paths never skip. CI sets NCIS_DEPLOY_REQUIRE_TRITON=1,
+which turns a missing pytriton into an error instead of skips.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -19,7 +22,13 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_pytriton = importlib.util.find_spec("pytriton") is not None
+    if not has_pytriton and os.environ.get("NCIS_DEPLOY_REQUIRE_TRITON") == "1":
+        # CI installs the serve extra: a missing pytriton there is a broken setup, not a reason to skip
+        raise pytest.UsageError("NCIS_DEPLOY_REQUIRE_TRITON=1 but nvidia-pytriton is not installed "
+                                "(pip install 'ncis-deploy[serve]')")
     skips = {
+        "triton": (not has_pytriton, "needs nvidia-pytriton (pip install 'ncis-deploy[serve]')"),
         "gpu": (not has_cuda, "needs a CUDA GPU"),
         "tensorrt": (not (has_trt and has_cuda), "needs the tensorrt package and a CUDA GPU"),
         "slow": (not config.getoption("--runslow"), "slow: run with --runslow"),

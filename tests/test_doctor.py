@@ -93,3 +93,16 @@ def test_listed_but_dead_provider_is_reported(monkeypatch):
 def test_main_json(capsys):
     assert doctor.main(["--json"]) == 0
     assert "backends" in json.loads(capsys.readouterr().out)
+
+
+def test_serve_verdict_follows_pytriton(rep, monkeypatch):
+    import importlib.util
+
+    assert rep["serve"]["usable"] == (importlib.util.find_spec("pytriton") is not None)
+    assert "nvidia-pytriton" in doctor.render(rep)
+    monkeypatch.setitem(sys.modules, "pytriton", None)
+    monkeypatch.setitem(sys.modules, "pytriton.triton", None)
+    r = doctor.report()
+    assert r["serve"] == {"installed": False, "usable": False, "error": r["serve"]["error"]}
+    assert "ncis-deploy[serve]" in r["serve"]["error"]
+    assert "`serve` NOT usable" in doctor.render(r)

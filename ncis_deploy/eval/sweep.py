@@ -3,8 +3,9 @@ BSN iterations, to choose the ``gs`` and ``ncis`` presets by measurement.
 
 Purifier-blind attacks do not depend on the purifier, so the adversarial set is made once (PGD on the classifier)
 and each configuration costs only two purifications and two classifications; that is what makes a grid affordable
-on a CPU. The adaptive figure is *not* swept (it would need one attack per configuration): run plain ``eval`` on the
-chosen configuration for that.
+on a CPU. BSN counts share their passes: GS + bsn×b is GS + bsn×(b−1) followed by one more clamped pass, so
+``bsn_iterations`` 0, 1, 2 cost two BSN passes per GS setting, not three. The adaptive figure is *not* swept (it
+would need one attack per configuration): run plain ``eval`` on the chosen configuration for that.
 """
 
 from __future__ import annotations
@@ -15,31 +16,71 @@ from typing import Callable
 
 import torch
 
+from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, _fmt_eps, _purify, check_options
 from ncis_deploy.eval.dataset import bundled, check_labels, from_folder
 
-DEFAULT_GRID = {"kernel_size": (3, 5), "sigma": (0.5, 1.0, 2.0), "iterations": (1, 2, 5), "bsn_iterations": (0, 1)}
+DEFAULT_GRID = {"kernel_size": (3, 5), "sigma": (0.5, 1.0, 2.0), "iterations": (1, 2, 5),
+                "bsn_iterations": (0, 1, 2)}
+_GRID_TYPES = {"kernel_size": int, "sigma": float, "iterations": int, "bsn_iterations": int}
+
+
+def parse_grid(specs) -> dict:
+    """``["kernel_size=3,5", "sigma=1"]`` → ``{"kernel_size": (3, 5), "sigma": (1.0,)}``; keys not given keep
+    :data:`DEFAULT_GRID`. Values are checked by the purifier config itself when the grid is built."""
+    grid = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _GRID_TYPES:
+            raise UserError(f"--grid {spec!r}: use KEY=V1,V2,... with KEY one of {', '.join(_GRID_TYPES)}")
+        try:
+            grid[key] = tuple(dict.fromkeys(_GRID_TYPES[key](v) for v in values.split(",") if v.strip()))
+        except ValueError:
+            raise UserError(f"--grid {spec!r}: {key} takes {_GRID_TYPES[key].__name__} values, e.g. "
+                            f"{key}={'1,2' if _GRID_TYPES[key] is int else '0.5,1'}") from None
+        if not grid[key]:
+            raise UserError(f"--grid {spec!r}: give at least one value")
+    return grid
+
+
+def _gs_settings(grid: dict) -> list[dict]:
+    return [{"type": "gs", "kernel_size": k, "sigma": float(s), "iterations": t}
+            for k, s, t in itertools.product(grid["kernel_size"], grid["sigma"], grid["iterations"])]
+
+
+def _config(gs: dict, bsn: int) -> dict:
+    return {"stages": [gs] + ([{"type": "bsn", "iterations": bsn}] if bsn else [])}
 
 
 def grid_configs(grid: dict) -> list[dict]:
-    out = []
-    for k, s, t, b in itertools.product(grid["kernel_size"], grid["sigma"], grid["iterations"], grid["bsn_iterations"]):
-        stages = [{"type": "gs", "kernel_size": k, "sigma": s, "iterations": t}]
-        if b:
-            stages.append({"type": "bsn", "iterations": b})
-        out.append({"stages": stages})
-    return [{"stages": []}] + out
+    return [{"stages": []}] + [_config(gs, b) for gs in _gs_settings(grid) for b in grid["bsn_iterations"]]
+
+
+def purify_bsn_counts(gs_raw, bsn_pass, x: torch.Tensor, counts, batch: int) -> dict[int, tuple[torch.Tensor, float]]:
+    """GS + bsn×b for every b in ``counts``, sharing the passes: b → (output, seconds that config alone would take).
+    ``gs_raw`` is the GS stage without the final clamp and ``bsn_pass`` one clamped BSN pass, so each output equals
+    ``Purifier.forward`` of that config exactly."""
+    t0 = time.perf_counter()
+    z = _purify(gs_raw, x, batch)
+    out = {0: (z.clamp(0.0, 1.0), time.perf_counter() - t0)}
+    for b in range(1, max(counts) + 1):
+        z = _purify(bsn_pass, z, batch)
+        out[b] = (z, time.perf_counter() - t0)
+    return {b: out[b] for b in counts}
 
 
 def run_sweep(o: EvalOptions, grid: dict | None = None, progress: Callable[[str], None] | None = None,
               command: str | None = None) -> dict:
-    from ncis_deploy.model.purifier import load_purifier
+    from ncis_deploy.model.purifier import load_purifier, normalize_config
 
     say = progress or (lambda m: None)
     check_options(o)
     grid = {**DEFAULT_GRID, **(grid or {})}
+    for cfg in grid_configs(grid):
+        normalize_config(cfg)  # a bad grid value fails here, before the attack, with the stage's own message
     t0 = time.perf_counter()
     clf = load_classifier(o.classifier)
     clf.require_gradients("the sweep's purifier-blind PGD")
@@ -53,15 +94,23 @@ def run_sweep(o: EvalOptions, grid: dict | None = None, progress: Callable[[str]
     say(f"sweep: PGD {_fmt_eps(eps)} ({o.steps} steps) on the classifier, {len(ds)} images")
     adv = A.pgd(clf.module, ds.images, ds.labels, eps, o.steps, seed=o.seed, batch=o.batch).x_adv
     rows = []
-    configs = grid_configs(grid)
-    for i, cfg in enumerate(configs):
-        pur = load_purifier(cfg, weights=o.weights)
-        t = time.perf_counter()
-        clean = float((clf.predict(_purify(pur, ds.images, o.batch), o.batch) == ds.labels).float().mean())
-        robust = float((clf.predict(_purify(pur, adv, o.batch), o.batch) == ds.labels).float().mean())
-        rows.append({"config": cfg, "label": label(cfg), "clean": clean, "robust": robust,
-                     "seconds": round(time.perf_counter() - t, 1)})
-        say(f"[{i + 1}/{len(configs)}] {label(cfg)}: clean {clean:.1%}, robust {robust:.1%}")
+    n_configs = len(grid_configs(grid))
+
+    def record(cfg, clean_x, adv_x, seconds):
+        clean = float((clf.predict(clean_x, o.batch) == ds.labels).float().mean())
+        robust = float((clf.predict(adv_x, o.batch) == ds.labels).float().mean())
+        rows.append({"config": cfg, "label": label(cfg), "clean": clean, "robust": robust, "seconds": seconds})
+        say(f"[{len(rows)}/{n_configs}] {label(cfg)}: clean {clean:.1%}, robust {robust:.1%}")
+
+    record({"stages": []}, ds.images, adv, 0.0)
+    counts = grid["bsn_iterations"]
+    bsn_pass = load_purifier({"stages": [{"type": "bsn", "iterations": 1}]}, weights=o.weights) if max(counts) \
+        else None
+    for gs in _gs_settings(grid):
+        gs_raw = load_purifier({"stages": [gs], "clamp": False})
+        clean, attacked = (purify_bsn_counts(gs_raw, bsn_pass, x, counts, o.batch) for x in (ds.images, adv))
+        for b in counts:
+            record(_config(gs, b), clean[b][0], attacked[b][0], round(clean[b][1] + attacked[b][1], 1))
     return {"kind": "sweep", "command": command, "classifier": clf.name, "metric": ds.metric,
             "data": {"source": ds.source, "images": len(ds)}, "attack": {"name": "pgd", "threat_model":
             "purifier-blind", "eps": eps, "eps_label": _fmt_eps(eps), "steps": o.steps, "seed": o.seed},
@@ -79,14 +128,38 @@ def label(cfg: dict) -> str:
     return " + ".join(parts)
 
 
+def frontier(rows: list[dict]) -> list[dict]:
+    """The measured trade-off curve: rows no other row beats on clean and robust at once (ties keep both), by
+    falling clean."""
+    def beaten(r):
+        return any(o["clean"] >= r["clean"] and o["robust"] >= r["robust"]
+                   and (o["clean"] > r["clean"] or o["robust"] > r["robust"]) for o in rows)
+
+    return sorted((r for r in rows if not beaten(r)), key=lambda r: (-r["clean"], r["robust"]))
+
+
+def _bsn_count(cfg: dict) -> int:
+    return sum(s["iterations"] for s in cfg["stages"] if s["type"] == "bsn")
+
+
 def render_sweep(rep: dict) -> str:
     m = rep["metric"]
     a = rep["attack"]
+    front = {r["label"] for r in frontier(rep["rows"])}
     lines = [f"Sweep: clean vs purifier-blind robust {m} of {rep['classifier']} on {rep['data']['images']} images "
-             f"(PGD {a['eps_label']}, {a['steps']} steps, made on the classifier alone)", "",
-             f"| purifier | clean {m} | robust {m} | s |", "|---|---|---|---|"]
-    for r in sorted(rep["rows"], key=lambda r: -(r["clean"] + r["robust"])):
-        lines.append(f"| {r['label']} | {r['clean']:.1%} | {r['robust']:.1%} | {r['seconds']} |")
+             f"(PGD {a['eps_label']}, {a['steps']} steps, made on the classifier alone)", ""]
+    if rep.get("command"):
+        lines += [f"Command: `{rep['command']}`", ""]
+    lines += [f"| purifier | clean {m} | robust {m} | frontier | s |", "|---|---|---|---|---|"]
+    for r in sorted(rep["rows"], key=lambda r: (-r["robust"], -r["clean"])):
+        mark = "◆" if r["label"] in front else ""
+        lines.append(f"| {r['label']} | {r['clean']:.1%} | {r['robust']:.1%} | {mark} | {r['seconds']} |")
+    n = rep["data"]["images"]
+    lines += ["", f"◆ = on the frontier (no other setting is as good on both clean and robust {m} and better on "
+              f"one). One image = "
+              f"{1 / n:.1%}. s = purification time of that setting alone (clean + adversarial sets; noisy on a shared "
+              f"machine). Wall time "
+              f"{rep['wall_s']:.0f} s with {rep['torch_threads']} torch threads."]
     return "\n".join(lines)
 
 
@@ -97,13 +170,17 @@ def plot_sweep(rep: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    colors = {0: "tab:blue", 1: "tab:red", 2: "tab:purple"}
     for r in rep["rows"]:
-        bsn = any(s["type"] == "bsn" for s in r["config"]["stages"])
-        ax.scatter(r["clean"], r["robust"], c="tab:red" if bsn else "tab:blue", s=18)
+        b = _bsn_count(r["config"])
+        ax.scatter(r["clean"], r["robust"], c=colors.get(b, "black"), s=18)
         ax.annotate(r["label"], (r["clean"], r["robust"]), fontsize=5)
+    front = frontier(rep["rows"])
+    ax.plot([r["clean"] for r in front], [r["robust"] for r in front], color="grey", linewidth=0.8, zorder=0)
     ax.set_xlabel(f"clean {rep['metric']}")
     ax.set_ylabel(f"purifier-blind robust {rep['metric']} ({rep['attack']['eps_label']})")
-    ax.set_title("GS (blue) and GS + BSN (red)", fontsize=9)
+    ax.set_title(f"GS (blue), GS + 1 BSN pass (red), + 2 passes (purple); grey: frontier; "
+                 f"{rep['data']['images']} images", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -57,6 +57,9 @@ class ExportOptions:
     large_batch: int = 4
     smoothing: str = "matmul"  # "plugin": one NcisGaussianSmooth TensorRT plugin node per GS stage
     plugin_lib: str | None = None  # the plugin's shared library, for the engine build (and recorded)
+    triton: bool = False  # also write a Triton model repository (triton/)
+    triton_instances: int = 1  # instance_group count per model
+    triton_queue_delay_us: int = 100  # dynamic batching: max_queue_delay_microseconds
     extra: dict = field(default_factory=dict)
 
 
@@ -163,6 +166,11 @@ def load_classifier(path: str, opset: int) -> onnx.ModelProto:
     if len(cls.graph.input) != 1:
         raise UserError(f"--classifier {path} must have exactly one input (an NCHW image batch), "
                         f"it has {len(cls.graph.input)}")
+    batch_dim = cls.graph.input[0].type.tensor_type.shape.dim[:1]
+    if batch_dim and batch_dim[0].HasField("dim_value"):
+        raise UserError(f"--classifier {path} has a fixed batch size {batch_dim[0].dim_value}, but the purifier takes "
+                        "any batch (dynamic batching needs a dynamic first (batch) dimension): re-export the classifier "
+                        "with a symbolic batch axis, e.g. torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}})")
     cls_opset = next((o.version for o in cls.opset_import if o.domain in ("", "ai.onnx")), opset)
     if cls_opset != opset:
         cls = version_converter.convert_version(cls, opset)
@@ -231,6 +239,13 @@ def export(opts: ExportOptions, progress=None) -> dict:
                             or min(opts.classifier_std) <= 0):
         raise UserError("--classifier-mean and --classifier-std need 3 values each, every std > 0")
     plugin = _check_plugin_options(opts, trt_ok)
+    if opts.triton:
+        from ncis_deploy.exporters.triton import model_config_pb2
+
+        if plugin:
+            raise UserError("--triton serves the standard export: drop --smoothing plugin (Triton's ONNX Runtime "
+                            "backend cannot run the plugin node)")
+        model_config_pb2()
     _check_out(out)
     purifier = load_purifier(opts.source, weights=opts.weights)
     classifier = load_classifier(opts.classifier, opts.opset) if opts.classifier else None
@@ -336,6 +351,18 @@ def export(opts: ExportOptions, progress=None) -> dict:
             info = build_engine(src, stage / ENGINE_NAME, spec)
             manifest["tensorrt"] = {"built": True, **_jsonable(info)}
             record(ENGINE_NAME, "tensorrt-engine", None, built_from=src.name)
+
+        if opts.triton:
+            from ncis_deploy.exporters.triton import write_repository
+
+            say("Triton model repository: written and validated (ModelConfig + model I/O)")
+            built = manifest["tensorrt"]["built"]
+            manifest["triton"] = write_repository(
+                stage, purifier_onnx=stage / ONNX_NAME, engine=stage / ENGINE_NAME if built else None,
+                engine_onnx=stage / (ONNX_FP16_NAME if opts.fp16 else ONNX_NAME), classifier=classifier,
+                mean=opts.classifier_mean, std=opts.classifier_std, max_batch_size=opts.batch[2],
+                preferred_batch=opts.batch[1], instances=opts.triton_instances,
+                queue_delay_us=opts.triton_queue_delay_us, opset=opts.opset)
 
         manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
         write_json(stage / MANIFEST, manifest)

@@ -96,7 +96,7 @@ class Preset:
     uses_default_weights: bool = False
 
 
-# Provisional numbers: the robustness-evaluation issue tunes them by measurement (see docs/presets.md).
+# Chosen by measurement (a clean-vs-robust sweep; the numbers and the reasoning are in docs/presets.md).
 PRESETS: dict[str, Preset] = {
     "none": Preset("identity: no purification (the baseline)", ()),
     "gs": Preset("Gaussian smoothing only", ({"type": "gs", "kernel_size": 3, "sigma": 1.0, "iterations": 5},)),
