@@ -6,22 +6,22 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-numpy2 kernels clean
+# The serve extra (nvidia-pytriton: a real tritonserver for `ncis-deploy serve` and its tests, + tritonclient) pins
+# numpy<2, so ./.venv runs numpy 1.26; `make test-numpy2` covers numpy 2 in a second environment without it.
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	# serve: nvidia-pytriton (a real tritonserver for `ncis-deploy serve` and its tests) + tritonclient; it pins
-	# numpy<2, so this environment runs numpy 1.26 -- `make test-numpy2` covers numpy 2 without it
 	$(BIN)/python -m pip install -q -e '.[dev,serve]'
 	# the peer PGD for the cross-check test; --no-deps because it pins an old requests and wants torchvision,
 	# neither of which its attacks need
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	touch $@
 
-demo: setup  ## export the default purifier (parity-checked), benchmark every usable backend, purify, train briefly
-	$(BIN)/ncis-deploy export --out demo/export --dynamic-hw
+demo: setup  ## export the default purifier (parity-checked, + a Triton repository), benchmark every usable backend, purify, train briefly
+	$(BIN)/ncis-deploy export --out demo/export --dynamic-hw --triton
 	$(BIN)/ncis-deploy bench demo/export --json demo/bench.json --plot demo/bench.png
 	$(BIN)/ncis-deploy purify --out demo/purified --backend onnxruntime --model demo/export/purifier.onnx
 	$(BIN)/ncis-deploy train --steps 20 --crop 32 --batch 4 --out demo/bsn
