@@ -84,7 +84,7 @@ def main() -> None:
             "export": {"dir": str(args.export) if args.export else "default export (ncis, 224x224)",
                        "input": [1, 3, h, w]},
             "server": {"instances": args.instances, "returncode": sp.returncode,
-                       "stopped_cleanly": sp.returncode == 0 and sp.output.rstrip().endswith("stopped")},
+                       "stopped_cleanly": sp.returncode == 0 and "stopped" in sp.output.splitlines()},
             "in_process_onnxruntime_img_s": in_process,
             "runs": runs,
             "malformed_requests": bad,

@@ -145,8 +145,8 @@ class PurifierServer:
     # ---- lifecycle
     def start(self) -> "PurifierServer":
         o = self.opts
-        for what, v in (("--instances", o.instances), ("--max-batch", o.max_batch or 1)):
-            if v < 1:
+        for what, v in (("--instances", o.instances), ("--max-batch", o.max_batch)):
+            if v is not None and v < 1:
                 raise UserError(f"{what} must be >= 1, got {v}")
         if o.queue_delay_us < 0:
             raise UserError(f"--queue-delay-us must be >= 0, got {o.queue_delay_us}")
