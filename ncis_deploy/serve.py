@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import shutil
 import signal
@@ -35,7 +34,6 @@ import numpy as np
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters.triton import PURIFIER
 
-log = logging.getLogger(__name__)
 MODEL_NAME = PURIFIER
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; Triton's default 30 s makes Ctrl-C feel hung
 BACKENDS = {"onnxruntime": "purifier.onnx", "tensorrt": "purifier.engine"}
@@ -133,9 +131,8 @@ def read_export(export_dir: str | os.PathLike, backend: str) -> tuple[dict, Path
 class PurifierServer:
     """Start/stop a Triton server hosting the purifier; a context manager. ``start()`` returns once it is ready."""
 
-    def __init__(self, opts: ServeOptions, say: Callable[[str], None] | None = None):
+    def __init__(self, opts: ServeOptions):
         self.opts = opts
-        self.say = say or (lambda m: None)
         self.triton = None
         self.runners: list = []
         self._workspace: Path | None = None
@@ -276,7 +273,7 @@ def serve_forever(opts: ServeOptions, say: Callable[[str], None]) -> None:
         with os.fdopen(fd, "w") as log_file, \
                 (contextlib.nullcontext() if opts.verbose else contextlib.redirect_stdout(log_file)):
             try:
-                with PurifierServer(opts, say) as server:
+                with PurifierServer(opts) as server:
                     for line in server.banner():
                         say(line)
                     while not stop.wait(0.5):

@@ -111,6 +111,18 @@ def default_attacks(differentiable: bool, has_surrogates: bool) -> tuple[str, ..
                  if (has_surrogates if a == "transfer" else differentiable))
 
 
+def load_eval_set(o: EvalOptions, clf: Classifier) -> EvalSet:
+    """The evaluation images (a labelled folder / CSV, or the bundled crops), checked against the classifier's
+    classes; an unlabelled set gets the undefended classifier's own clean top-1 (reported as agreement)."""
+    ds = from_folder(o.data, o.labels, o.size) if (o.data or o.labels) else bundled(o.crops, o.size, o.seed)
+    if o.images:
+        ds = ds.subset(o.images)
+    check_labels(ds, clf.num_classes, clf.name)
+    if ds.labels is None:
+        ds.labels = clf.predict(ds.images, o.batch)
+    return ds
+
+
 def subset_index(n: int, k: int) -> torch.Tensor:
     """k indices spread evenly over range(n) (the same rule as EvalSet.subset)."""
     return torch.arange(n) if k >= n else torch.linspace(0, n - 1, k).round().long()
@@ -189,13 +201,7 @@ def run_eval(o: EvalOptions, progress: Callable[[str], None] | None = None, bars
         s.require_gradients("a transfer-attack surrogate")
     transfer_note = GHOST_NOTE if GHOST in o.surrogates and clf.name == "efficientnet-lite0" else ""
 
-    ds = from_folder(o.data, o.labels, o.size) if (o.data or o.labels) else bundled(o.crops, o.size, o.seed)
-    if o.images:
-        ds = ds.subset(o.images)
-    check_labels(ds, clf.num_classes, clf.name)
-    clean_pred = clf.predict(ds.images, o.batch)
-    if ds.labels is None:
-        ds.labels = clean_pred.clone()  # agreement: the undefended classifier's own clean top-1
+    ds = load_eval_set(o, clf)
     y = ds.labels
     say(f"{len(ds)} images from {ds.source}; metric: {ds.metric}")
 

@@ -19,8 +19,7 @@ import torch
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import EvalOptions, _fmt_eps, _purify, check_options
-from ncis_deploy.eval.dataset import bundled, check_labels, from_folder
+from ncis_deploy.eval.core import EvalOptions, _fmt_eps, _purify, check_options, load_eval_set
 
 DEFAULT_GRID = {"kernel_size": (3, 5), "sigma": (0.5, 1.0, 2.0), "iterations": (1, 2, 5),
                 "bsn_iterations": (0, 1, 2)}
@@ -84,12 +83,7 @@ def run_sweep(o: EvalOptions, grid: dict | None = None, progress: Callable[[str]
     t0 = time.perf_counter()
     clf = load_classifier(o.classifier)
     clf.require_gradients("the sweep's purifier-blind PGD")
-    ds = from_folder(o.data, o.labels, o.size) if (o.data or o.labels) else bundled(o.crops, o.size, o.seed)
-    if o.images:
-        ds = ds.subset(o.images)
-    check_labels(ds, clf.num_classes, clf.name)
-    if ds.labels is None:
-        ds.labels = clf.predict(ds.images, o.batch)
+    ds = load_eval_set(o, clf)
     eps = o.eps[0]
     say(f"sweep: PGD {_fmt_eps(eps)} ({o.steps} steps) on the classifier, {len(ds)} images")
     adv = A.pgd(clf.module, ds.images, ds.labels, eps, o.steps, seed=o.seed, batch=o.batch).x_adv
@@ -156,10 +150,9 @@ def render_sweep(rep: dict) -> str:
         lines.append(f"| {r['label']} | {r['clean']:.1%} | {r['robust']:.1%} | {mark} | {r['seconds']} |")
     n = rep["data"]["images"]
     lines += ["", f"◆ = on the frontier (no other setting is as good on both clean and robust {m} and better on "
-              f"one). One image = "
-              f"{1 / n:.1%}. s = purification time of that setting alone (clean + adversarial sets; noisy on a shared "
-              f"machine). Wall time "
-              f"{rep['wall_s']:.0f} s with {rep['torch_threads']} torch threads."]
+              f"one). One image = {1 / n:.1%}. s = purification time of that setting alone (clean + adversarial "
+              f"sets; noisy on a shared machine). Wall time {rep['wall_s']:.0f} s with {rep['torch_threads']} torch "
+              "threads."]
     return "\n".join(lines)
 
 
