@@ -25,6 +25,9 @@ from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs  # noqa: E
 from ncis_deploy.train import TrainConfig, train  # noqa: E402
 
 
+FIRST_TRAINER = dict(baseline="none", input="raw", target="self", augment=False, schedule="step")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600)
@@ -38,8 +41,11 @@ def main() -> None:
     results = []
     for noise in (0.0, 8.0, 16.0):
         with tempfile.TemporaryDirectory() as d:
+            # the first trainer's design, pinned so the recorded JSON stays reproducible (bsn_designs.py compares it
+            # with the current default)
             s = train(TrainConfig(out=d, steps=args.steps, crop=args.crop, batch=args.batch, layers=args.layers,
-                                  filters=args.filters, noise=noise, eval_every=10**9, checkpoint_every=10**9))
+                                  filters=args.filters, noise=noise, eval_every=10**9, checkpoint_every=10**9,
+                                  **FIRST_TRAINER))
             p = load_purifier(d)
             results.append({"noise": noise, "wall_s": round(s["wall_s"], 1),
                             "holdout_psnr_bsn": mean_psnr(p.bsn, pairs), "holdout_psnr_ncis": mean_psnr(p, pairs)})

@@ -12,6 +12,7 @@ must report a missing or broken package instead of raising.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 import warnings
@@ -31,6 +32,29 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> list[str]:
+    """The vector/matrix ISA extensions of this CPU that decide FP32/BF16/INT8 speed (from /proc/cpuinfo)."""
+    try:
+        for ln in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if ln.startswith("flags"):
+                have = set(ln.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_record() -> dict:
+    """What every speed figure recorded on a CPU carries: model, ISA flags, cores, torch threads."""
+    import torch
+
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
 def _err(e: BaseException) -> str:

@@ -57,3 +57,19 @@ def gs_sweep(pairs, grid: dict | None = None) -> list[dict]:
         p = mean_psnr(lambda x: smooth_fused(x, k, s, t), pairs)
         rows.append({"kernel_size": k, "sigma": s, "iterations": t, "psnr": p})
     return sorted(rows, key=lambda r: -r["psnr"])
+
+
+def channel_shift(out: torch.Tensor, clean: torch.Tensor) -> list[float]:
+    """Per-channel mean of ``out − clean`` in 1/255 units: a colour cast shows here, missing detail does not."""
+    d = (out.double() - clean.double()).mean(dim=(0, 2, 3)) * 255.0
+    return [float(v) for v in d]
+
+
+def affine_fit_psnr(out: torch.Tensor, clean: torch.Tensor) -> float:
+    """PSNR after the best per-channel affine map ``a·out + b`` (least squares): how much of the error is colour
+    and brightness bias rather than lost detail."""
+    o, c = out.double().transpose(0, 1).flatten(1), clean.double().transpose(0, 1).flatten(1)
+    om, cm = o.mean(1, keepdim=True), c.mean(1, keepdim=True)
+    a = ((o - om) * (c - cm)).sum(1, keepdim=True) / ((o - om) ** 2).sum(1, keepdim=True).clamp_min(1e-12)
+    fitted = a * (o - om) + cm
+    return psnr(fitted.clamp(0, 1), c)

@@ -1,10 +1,15 @@
-"""Self-supervised training of the blind-spot network.
+"""Training of the blind-spot network on ordinary photos (no labels, no adversarial examples).
 
-The loss is ``mse(bsn(x), x)``: the network never sees the pixel it predicts, so the only way to lower the loss is to
-predict each pixel from its neighbours. With input noise that is independent per pixel and zero-mean (the noise
-augmentation, on by default), that expectation is the clean pixel: the BSN becomes a denoiser without ever seeing a
-clean target (Noise2Void / Noise2Self). ``--input gs`` trains on Gaussian-smoothed photos instead, the variant the
-NCIS WACV abstract describes.
+What the network sees and what it is scored against are separate choices, each measured in the model card:
+- ``input``: ``raw`` crops with noise, ``gs`` the same crops Gaussian-smoothed after the noise (what the BSN stage
+  of a GS+BSN purifier receives: GS with k=3, σ=1 and T drawn from 1..5 per crop), or ``mixed`` (T from 0..5, 0 = raw);
+- ``target``: ``self`` is the plain self-supervised loss ``mse(bsn(input), input)`` — the network never sees the
+  pixel it predicts, so with zero-mean independent noise the minimiser is the clean pixel (Noise2Void/Noise2Self);
+  ``clean`` scores against the noise-free, unsmoothed crop, i.e. the network learns to give back what noise and GS
+  took (the NCIS abstract's "reconstruct the discriminative features"). Still no labels: the photos are the targets.
+- augmentation (on by default): flips, 90° rotations, channel permutations and brightness/contrast/colour jitter,
+  so a handful of photos cannot turn into colour priors.
+- learning rate: linear warm-up, then cosine decay to zero (``schedule="step"`` is the old halving schedule).
 
 Reproducibility: every step draws its crops and noise from generators seeded by ``(seed, step)``, and a checkpoint
 holds weights, the full Adam state and the step, so a run resumed from a checkpoint computes exactly the losses the
@@ -28,17 +33,22 @@ import torch.nn.functional as F
 from ncis_deploy.data import ImageSet
 from ncis_deploy.errors import UserError
 from ncis_deploy.fileio import ensure_writable_dir, load_safetensors, read_json, save_safetensors, write_json
-from ncis_deploy.model.bsn import FBINet
+from ncis_deploy.model.bsn import BASELINES, TAPS, FBINet, mean4
 from ncis_deploy.model.purifier import CONFIG_NAME, PRESETS, WEIGHTS_NAME, normalize_config, save_bsn_weights
 from ncis_deploy.model.smoothing import smooth_fused
-from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs
+from ncis_deploy.quality import HOLDOUT_NOISE, gs_sweep, mean_psnr, noisy_pairs
 
 log = logging.getLogger("ncis_deploy")
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 STATE_NAME = "checkpoint.json"
 LOG_NAME = "train_log.jsonl"
-INPUT_GS = {"kernel_size": 3, "sigma": 1.0, "iterations": 2}
+# GS applied to the training crops for input="gs"/"mixed": the ncis preset's kernel, T drawn per crop from these
+INPUT_GS = {"kernel_size": 3, "sigma": 1.0}
+INPUT_GS_ITERATIONS = {"raw": (0,), "gs": (1, 2, 3, 4, 5), "mixed": (0, 1, 2, 3, 4, 5)}
+TARGETS = ("self", "clean")
+HOLDOUT_CROP = 256  # centre crop of each hold-out photo for the in-training curve
+SCHEDULES = ("cosine", "step")
 
 
 @dataclass
@@ -54,7 +64,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     noise: float = 8.0  # input noise std drawn uniformly from [0, noise]/255 per image; 0 disables it
-    input: str = "raw"  # "raw" photos or "gs"-smoothed photos
+    # gs → clean with the mean4 baseline measured best for the ncis preset (MODEL_CARD.md, "Designs compared")
+    input: str = "gs"  # "raw", "gs" or "mixed": see the module docstring
+    target: str = "clean"  # "self" (the input) or "clean" (the noise-free, unsmoothed crop)
+    baseline: str = "mean4"  # the BSN's output = this blind predictor + the network's correction; "none": plain FBI-Net
+    augment: bool = True
+    schedule: str = "cosine"  # warm-up + cosine, or "step" (halved at 50 % and 75 %)
+    warmup: int = 100  # warm-up steps of the cosine schedule (capped at a tenth of the run)
+    taps: str = "live"  # "live": compute only the masks' live taps (faster); "dense": masked dense convs
     eval_every: int = 100
     checkpoint_every: int = 50
     amp: bool | None = None  # None: on for CUDA
@@ -71,8 +88,12 @@ class TrainConfig:
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.noise < 0:
             raise UserError(f"--noise must be >= 0 (in 1/255 units), got {self.noise}")
-        if self.input not in ("raw", "gs"):
-            raise UserError(f"--input must be 'raw' or 'gs', got {self.input!r}")
+        for name, allowed in (("input", tuple(INPUT_GS_ITERATIONS)), ("target", TARGETS), ("baseline", BASELINES),
+                              ("schedule", SCHEDULES), ("taps", TAPS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -80,21 +101,49 @@ class TrainConfig:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Adam at ``lr``, halved at 50 % and again at 75 % of the run (a function of the step, so resume is exact)."""
-    frac = step / cfg.steps
-    return cfg.lr * (0.5 if frac >= 0.5 else 1.0) * (0.5 if frac >= 0.75 else 1.0)
+    """The learning rate of ``step`` (a pure function of the step, so resume is exact).
+
+    ``cosine``: linear warm-up over ``warmup`` steps (at most a tenth of the run), then cosine decay to zero;
+    ``step``: ``lr`` halved at 50 % and again at 75 % of the run."""
+    if cfg.schedule == "step":
+        frac = step / cfg.steps
+        return cfg.lr * (0.5 if frac >= 0.5 else 1.0) * (0.5 if frac >= 0.75 else 1.0)
+    warm = min(cfg.warmup, cfg.steps // 10)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
 
 
-def make_batch(images: ImageSet, cfg: TrainConfig, step: int) -> torch.Tensor:
+def augment(clean: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """90° rotations, channel permutations, brightness/contrast and per-channel gain, each drawn per crop (the
+    flips come with the crops). Jitter is mild (±10 % contrast and gain, ±0.05 brightness) and clipped to [0, 1]."""
+    out = torch.empty_like(clean)
+    for b in range(clean.shape[0]):
+        c = torch.rot90(clean[b], int(rng.integers(4)), dims=(1, 2))[torch.from_numpy(rng.permutation(3))]
+        gain = torch.from_numpy(rng.uniform(0.9, 1.1, size=(3, 1, 1)).astype(np.float32))
+        mean = c.mean()
+        c = (c - mean) * float(rng.uniform(0.9, 1.1)) + mean + float(rng.uniform(-0.05, 0.05))
+        out[b] = (c * gain).clamp(0.0, 1.0)
+    return out
+
+
+def make_batch(images: ImageSet, cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, target) of one step: seeded by (seed, step) alone, so a resumed run draws the same batches."""
     rng = np.random.default_rng([cfg.seed, step])
     clean = images.random_crops(rng, cfg.batch, cfg.crop)
-    if cfg.input == "gs":
-        clean = smooth_fused(clean, INPUT_GS["kernel_size"], INPUT_GS["sigma"], INPUT_GS["iterations"])
+    if cfg.augment:
+        clean = augment(clean, rng)
+    x = clean
     if cfg.noise > 0:
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         sigma = torch.rand(cfg.batch, 1, 1, 1, generator=g) * (cfg.noise / 255.0)
-        clean = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0.0, 1.0)
-    return clean
+        x = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0.0, 1.0)
+    choices = INPUT_GS_ITERATIONS[cfg.input]
+    if choices != (0,):
+        ts = rng.choice(choices, size=cfg.batch)
+        x = torch.cat([smooth_fused(x[b : b + 1], INPUT_GS["kernel_size"], INPUT_GS["sigma"], int(t)) if t else
+                       x[b : b + 1] for b, t in enumerate(ts)])
+    return x, (clean if cfg.target == "clean" else x)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -169,6 +218,31 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
+def _machine(device: torch.device) -> dict:
+    from ncis_deploy.doctor import cpu_record
+
+    rec = {"device": str(device), **cpu_record()}
+    if device.type == "cuda":
+        rec["gpu"] = torch.cuda.get_device_name(device)
+    return rec
+
+
+def _ncis_gs(x: torch.Tensor) -> torch.Tensor:
+    """The GS stage in front of the BSN in the ncis preset."""
+    st = PRESETS["ncis"].stages[0]
+    return smooth_fused(x, st["kernel_size"], st["sigma"], st["iterations"])
+
+
+def holdout_baselines(pairs) -> dict:
+    """Hold-out PSNR of what the BSN has to beat: the noisy input, the 4-neighbour mean (a blind predictor with
+    zero parameters), the ncis preset's GS alone, and the best setting of the GS sweep."""
+    best = gs_sweep(pairs)[0]
+    return {"noisy": mean_psnr(lambda x: x, pairs), "mean4": mean_psnr(mean4, pairs),
+            "gs_ncis": mean_psnr(_ncis_gs, pairs), "gs_ncis_setting": dict(PRESETS["ncis"].stages[0]),
+            "best_gs": best["psnr"],
+            "best_gs_setting": {k: best[k] for k in ("kernel_size", "sigma", "iterations")}}
+
+
 class Interrupted(UserError):
     exit_code = 130
 
@@ -181,7 +255,7 @@ def resume_config(cfg: TrainConfig, out: Path, explicit: set[str]) -> TrainConfi
     names = {f.name for f in fields(TrainConfig)}
     merged = {n: saved.get(n, getattr(cfg, n)) for n in names}
     for name in explicit & names:
-        if name not in ("steps", "eval_every", "checkpoint_every", "device", "amp", "out") and \
+        if name not in ("steps", "eval_every", "checkpoint_every", "device", "amp", "out", "taps") and \
                 getattr(cfg, name) != saved.get(name):
             raise UserError(f"--resume: --{name.replace('_', '-')} {getattr(cfg, name)} differs from the run being "
                             f"resumed ({saved.get(name)}); drop it or start a new --out")
@@ -199,11 +273,13 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
 
     # read everything that can fail before the output directory is touched
     images = ImageSet.from_folder(cfg.data, min_size=cfg.crop) if cfg.data else ImageSet.bundled("train")
-    holdout = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=1234, crop=128)
+    # noise seed 0 as in the model card; 256² centre crops keep an evaluation of the full-size F = 64 network to
+    # seconds (the model card measures the full photos)
+    holdout = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0, crop=HOLDOUT_CROP)
     out = ensure_writable_dir(cfg.out)
 
     torch.manual_seed(cfg.seed)
-    bsn = FBINet(3, cfg.layers, cfg.filters).to(device)
+    bsn = FBINet(3, cfg.layers, cfg.filters, baseline=cfg.baseline, taps=cfg.taps).to(device)
     opt = torch.optim.Adam(bsn.parameters(), lr=cfg.lr)
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -220,9 +296,10 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     if start >= cfg.steps:
         raise UserError(f"--resume: the run in {out} already finished {start} steps; raise --steps to train longer")
 
-    def holdout_psnr() -> float:
+    def holdout_psnr() -> dict:
         bsn.eval()
-        p = mean_psnr(bsn, holdout, device)
+        p = {"holdout_psnr": mean_psnr(bsn, holdout, device),
+             "holdout_psnr_ncis": mean_psnr(lambda x: bsn(_ncis_gs(x)), holdout, device)}
         bsn.train()
         return p
 
@@ -231,15 +308,19 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     t0, done, last_psnr, loss_v = time.perf_counter(), 0, None, float("nan")
     step = start
-    bsn.train()
     with _DeferredInterrupt() as interrupt, log_path.open("a") as logf:
+        baselines = holdout_baselines(holdout)
+        if step == 0:  # the curve's starting point and the lines it has to beat, on the same hold-out photos
+            logf.write(json.dumps({"step": 0, **holdout_psnr(), "baselines": baselines,
+                                   "holdout_crop": HOLDOUT_CROP}) + "\n")
+        bsn.train()
         while step < cfg.steps:
-            batch = make_batch(images, cfg, step).to(device, non_blocking=True)
+            x, target = (t.to(device, non_blocking=True) for t in make_batch(images, cfg, step))
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = bsn(batch)
-            loss = F.mse_loss(pred.float(), batch)
+                pred = bsn(x)
+            loss = F.mse_loss(pred.float(), target)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -249,7 +330,8 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
             loss_v = loss.item()
             rec = {"step": step, "loss": loss_v, "lr": opt.param_groups[0]["lr"]}
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                last_psnr = rec["holdout_psnr"] = holdout_psnr()
+                rec.update(holdout_psnr())
+                last_psnr = rec["holdout_psnr"]
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             ips = done * cfg.batch / (time.perf_counter() - t0)
@@ -265,8 +347,8 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     bar.close()
     wall = time.perf_counter() - t0
     summary = {"steps": step, "resumed_from": start if resume else None, "final_loss": loss_v,
-               "holdout_psnr": last_psnr, "holdout_noise": HOLDOUT_NOISE, "wall_s": wall,
+               "holdout_psnr": last_psnr, "holdout_baselines": baselines, "holdout_noise": HOLDOUT_NOISE, "wall_s": wall,
                "images_per_s": done * cfg.batch / wall, "config": asdict(cfg), "out": str(out),
-               "skipped_images": len(images.skipped)}
+               "skipped_images": len(images.skipped), "machine": _machine(device)}
     write_json(out / "train_summary.json", summary)
     return summary

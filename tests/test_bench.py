@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from ncis_deploy.bench import stats
 from ncis_deploy.bench.schema import SCHEMA, SchemaError, errors, validate
 from ncis_deploy.cli import cli
+from ncis_deploy.model.purifier import PRESETS
 
 from test_cli import assert_user_error  # noqa: E402
 
@@ -158,11 +159,13 @@ def test_stages_time_gs_and_each_bsn_pass(tmp_path):
     validate(rep)
     for x in rep["results"]:
         st = x["stages"]
-        assert [row["name"] for row in st["rows"]] == ["GS k3 σ1 ×5", "BSN pass 1/1"], x["label"]
+        gs = PRESETS["ncis"].stages[0]
+        assert [row["name"] for row in st["rows"]] == [
+            f"GS k{gs['kernel_size']} σ{gs['sigma']:g} ×{gs['iterations']}", "BSN pass 1/1"], x["label"]
         assert [row["kind"] for row in st["rows"]] == ["gs", "bsn"]
         assert sum(row["share_pct"] for row in st["rows"]) == pytest.approx(100)
         assert st["sum_median_ms"] == pytest.approx(sum(row["latency_ms"]["median"] for row in st["rows"]))
-    assert "| torch:cpu | 1 | BSN pass 1/1 |" in r.output and "| onnxruntime:cpu | 1 | GS k3" in r.output
+    assert "| torch:cpu | 1 | BSN pass 1/1 |" in r.output and f"| onnxruntime:cpu | 1 | GS k{gs['kernel_size']}" in r.output
     assert (tmp_path / "s.png").stat().st_size > 0
 
 

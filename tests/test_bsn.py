@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ncis_deploy import load_purifier
-from ncis_deploy.model.bsn import FBINet
+from ncis_deploy.model.bsn import FBINet, mean4
 
 # corners, borders, interior: the blind spot must hold where zero padding meets the masks too
 PIXELS = [(0, 0), (0, 23), (23, 0), (23, 23), (0, 11), (11, 0), (23, 12), (12, 23), (11, 11), (5, 17), (17, 4), (3, 3)]
@@ -30,14 +30,16 @@ def centre_and_neighbour_grads(net: FBINet, size: int = 24):
 
 def test_default_size_is_fbinet():
     net = FBINet()
-    assert (net.layers, net.filters, net.channels) == (17, 64, 3)
+    assert (net.layers, net.filters, net.channels, net.baseline) == (17, 64, 3, "none")
     assert sum(p.numel() for p in net.parameters()) == 812_611
     assert net.receptive_radius() == 48
 
 
-@pytest.mark.parametrize("layers,filters,seed", [(2, 4, 0), (5, 8, 1), (17, 8, 2)])
-def test_blind_spot_random_weights(layers, filters, seed):
-    net = randomize(FBINet(3, layers, filters), seed)
+@pytest.mark.parametrize("layers,filters,seed,baseline,taps", [
+    (2, 4, 0, "none", "dense"), (5, 8, 1, "none", "live"), (17, 8, 2, "none", "live"),
+    (2, 4, 3, "mean4", "live"), (5, 8, 4, "mean4", "dense"), (17, 8, 5, "mean4", "live")])
+def test_blind_spot_random_weights(layers, filters, seed, baseline, taps):
+    net = randomize(FBINet(3, layers, filters, baseline=baseline, taps=taps), seed)
     for centre, neighbours in centre_and_neighbour_grads(net):
         assert centre <= 1e-7
         assert neighbours > 1e-6
@@ -51,12 +53,48 @@ def test_blind_spot_shipped_weights():
         assert neighbours > 1e-6
 
 
-def test_blind_spot_is_not_vacuous():
+@pytest.mark.parametrize("taps", ["dense", "live"])
+def test_blind_spot_is_not_vacuous(taps):
     # without masks the same check must fail: the centre tap would be live
-    net = randomize(FBINet(3, 3, 4), 0)
+    net = randomize(FBINet(3, 3, 4, taps=taps), 0)
     for conv in net.convs:
         conv.mask.fill_(1.0)
     assert max(c for c, _ in centre_and_neighbour_grads(net)) > 1e-3
+
+
+def test_mean4_is_blind_and_not_vacuous():
+    x = torch.rand(1, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    for i, j in [(0, 0), (4, 5), (8, 10), (0, 5)]:
+        (g,) = torch.autograd.grad(mean4(x)[0, :, i, j].sum(), x)
+        assert g[0, :, i, j].abs().max() == 0
+        assert g[0].abs().sum() == pytest.approx(3.0)  # four neighbours × 1/4 × 3 channels, reflection included
+    y = mean4(x)
+    assert y[0, 0, 4, 5].item() == pytest.approx(x[0, 0, [3, 5, 4, 4], [5, 5, 4, 6]].mean().item())
+
+
+@pytest.mark.parametrize("baseline", ["none", "mean4"])
+def test_live_taps_compute_the_dense_function(baseline):
+    net = randomize(FBINet(3, 5, 8, baseline=baseline), 7).double()
+    x = torch.rand(2, 3, 21, 26, dtype=torch.float64)
+    net.taps = "dense"
+    dense = net(x)
+    net.taps = "live"
+    assert torch.allclose(net(x), dense, atol=1e-12)
+
+
+def test_live_taps_leave_dead_taps_untouched():
+    # dead taps get no gradient in the live form: the weights file keeps the dense masked layout
+    net = randomize(FBINet(3, 4, 4, taps="live"), 8)
+    net(torch.rand(1, 3, 16, 16)).sum().backward()
+    for conv in net.convs:
+        assert conv.weight.grad[..., conv.mask[0, 0] == 0].abs().max() == 0
+        assert conv.weight.grad[..., conv.mask[0, 0] == 1].abs().max() > 0
+
+
+def test_mean4_baseline_starts_at_the_baseline():
+    net = FBINet(3, 4, 8, baseline="mean4")
+    x = torch.rand(2, 3, 16, 20)
+    assert torch.allclose(net(x), mean4(x), atol=1e-7)
 
 
 def test_receptive_field_taps():

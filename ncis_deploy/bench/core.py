@@ -342,7 +342,7 @@ def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
 # ---------------------------------------------------------------------------------------------------- machine
 def machine(doc: dict) -> dict:
     import ncis_deploy
-    from ncis_deploy.doctor import cpu_model
+    from ncis_deploy.doctor import cpu_isa, cpu_model
 
     cpu = cpu_model()
 
@@ -353,7 +353,7 @@ def machine(doc: dict) -> dict:
             versions[key] = str(d.get("version"))
     if doc.get("torch", {}).get("cuda_build"):
         versions["torch_cuda"] = str(doc["torch"]["cuda_build"])
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": list(doc.get("torch", {}).get("gpus", [])),
+    return {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(), "gpus": list(doc.get("torch", {}).get("gpus", [])),
             "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
 
 

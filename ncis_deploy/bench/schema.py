@@ -138,10 +138,12 @@ SCHEMA: dict[str, Any] = _obj({
     "command": {"type": ["string", "null"], "description": "the command line that produced the report"},
     "machine": _obj({
         "cpu": STR, "cores": {"type": ["integer", "null"]},
+        "isa": {"type": "array", "items": STR, "description": "the CPU's vector/matrix ISA flags (avx512f, "
+                                                              "avx512_vnni, amx_tile, ...): CPU speed depends on them"},
         "gpus": {"type": "array", "items": STR},
         "platform": STR, "python": STR,
         "versions": {"type": "object", "description": "package versions (torch, onnxruntime, onnx, numpy, ...)"},
-    }),
+    }, required=["cpu", "cores", "gpus", "platform", "python", "versions"]),  # isa: absent in reports before it
     "settings": _obj({
         "warmup_ms": {"type": "number", "minimum": 0},
         "duration_s": {"type": ["number", "null"], "description": "time-based runs: seconds per case (null with "

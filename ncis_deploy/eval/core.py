@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ncis_deploy.doctor import cpu_model
+from ncis_deploy.doctor import cpu_isa, cpu_model
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import Classifier, load_classifier
@@ -271,7 +271,7 @@ def run_eval(o: EvalOptions, progress: Callable[[str], None] | None = None, bars
         "rows": rows,
         "trajectories": trajectories,
         "parity": parity,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "isa": cpu_isa(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform()},
     }
     say("sanity checks")

@@ -209,6 +209,15 @@ def _residual(g: _Graph, x: str, res: Residual) -> str:
     return _prelu(g, _half(g, g.op("Add", [x, y])), res.act2)
 
 
+def _mean4(g: _Graph, x: str, channels: int) -> str:
+    """The BSN's blind baseline: reflect-pad 1, then a depthwise 3×3 that averages the 4 neighbours."""
+    padded = g.op("Pad", [x, g.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], "mean4_pad", mode="reflect")
+    k = np.zeros((channels, 1, 3, 3))
+    k[:, 0, [0, 1, 1, 2], [1, 0, 2, 1]] = 0.25
+    return g.op("Conv", [padded, g.init("mean4_w", k)], "mean4", kernel_shape=[3, 3], group=channels,
+                pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
+
+
 def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
     raw = _prelu(g, _masked_conv(g, x, net.convs[0], dense), net.raw_acts[0])
     out = total = _residual(g, raw, net.residuals[0])
@@ -218,7 +227,8 @@ def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
         total = g.op("Add", [total, out])
     y = _prelu(g, g.op("Mul", [total, g.const(1.0 / net.layers, g.dtype)]), net.head_act)
     y = _residual(g, y, net.head_residual)
-    return _conv(g, y, _np(net.head.weight), _np(net.head.bias), hint="bsn_head")
+    y = _conv(g, y, _np(net.head.weight), _np(net.head.bias), hint="bsn_head")
+    return g.op("Add", [y, _mean4(g, x, net.channels)]) if net.baseline == "mean4" else y
 
 
 def _clip(g: _Graph, x: str) -> str:

@@ -11,6 +11,15 @@ Tap layout (offsets (dy, dx) the raw chain reads):
 - layers 3..L: 3×3 with dilation 3 keeping the centre and the four corners (±3, ±3).
 Every dilated offset is (3a, 3b) with a ≡ b (mod 2), and no offset of layers 1–2 has that form, so no path
 returns to (0, 0).
+
+Two choices on top of FBI-Net, both measured (ncis_deploy/weights/MODEL_CARD.md):
+- ``baseline="mean4"``: the output is the 4-neighbour mean (reflect-padded, itself blind) plus the network's
+  correction, and the head starts at zero, so training starts at that zero-parameter predictor instead of far
+  below it, and the network cannot drift the image's colours through a learned output bias;
+- ``taps="live"`` (the default): masked convolutions compute only their live taps (layers 3..L: 5 of 9, layer 2:
+  9 of 25) as a 1×1 conv plus small dilated convs, the same decomposition the ONNX exporter uses. Weights stay in
+  the dense masked layout, so the state dict and the blind spot are the same for both forms; ``taps="dense"`` is
+  the reference.
 """
 
 from __future__ import annotations
@@ -57,6 +66,19 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding, self.dilation)
 
+    def forward_live(self, x: torch.Tensor) -> torch.Tensor:
+        """Same function, only the live taps: dead taps get no gradient and cost no MACs."""
+        w = self.weight
+        if self.kind == "first":  # 8 of 9 live on C input channels: splitting would cost more than it saves
+            return self.forward(x)
+        c = w.shape[-1] // 2
+        y = F.conv2d(x, w[:, :, c : c + 1, c : c + 1], self.bias)
+        if self.kind == "knight":  # (±1, ±2) and (±2, ±1) as two 2×2 convs with dilations (2, 4) and (4, 2)
+            y = y + F.conv2d(x, w[:, :, 1::2, 0::4], None, 1, (1, 2), (2, 4))
+            return y + F.conv2d(x, w[:, :, 0::4, 1::2], None, 1, (2, 1), (4, 2))
+        # corners (±3, ±3) of the dilation-3 3×3 → one 2×2 conv with dilation 6
+        return y + F.conv2d(x, w[:, :, 0::2, 0::2], None, 1, 3, 6)
+
 
 def _prelu(f: int) -> nn.PReLU:
     return nn.PReLU(f, init=0.0)
@@ -76,17 +98,41 @@ class Residual(nn.Module):
         return self.act2((x + self.conv2(self.act1(self.conv1(x)))) / 2)
 
 
+BASELINES = ("none", "mean4")
+TAPS = ("live", "dense")
+
+
+def mean4(x: torch.Tensor) -> torch.Tensor:
+    """The 4-neighbour mean with reflect padding: a blind predictor with zero parameters (reflection never maps a
+    neighbour onto the centre; replicate padding would)."""
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * 0.25
+
+
+def normalize_arch(arch: dict) -> dict:
+    """An architecture dict in canonical form; ``baseline`` absent means "none" (weights from before it existed)."""
+    out = {"channels": arch["channels"], "layers": arch["layers"], "filters": arch["filters"],
+           "baseline": arch.get("baseline", "none")}
+    if out["baseline"] not in BASELINES:
+        raise ValueError(f"unknown BSN baseline {out['baseline']!r}; use one of {', '.join(BASELINES)}")
+    return out
+
+
 class FBINet(nn.Module):
     """Blind-spot network: [N, C, H, W] → [N, C, H, W]; output pixel (i, j) never depends on input pixel (i, j).
 
     ``layers`` counts the masked convolutions (≥ 2), ``filters`` the feature width. FBI-Denoiser uses 17 and 64.
+    ``baseline`` and ``taps``: see the module docstring.
     """
 
-    def __init__(self, channels: int = 3, layers: int = 17, filters: int = 64):
+    def __init__(self, channels: int = 3, layers: int = 17, filters: int = 64, baseline: str = "none",
+                 taps: str = "live"):
         super().__init__()
         if channels < 1 or layers < 2 or filters < 1:
             raise ValueError(f"FBINet needs channels >= 1, layers >= 2, filters >= 1; got {channels}, {layers}, {filters}")
-        self.channels, self.layers, self.filters = channels, layers, filters
+        if baseline not in BASELINES or taps not in TAPS:
+            raise ValueError(f"FBINet: baseline must be one of {BASELINES}, taps one of {TAPS}; got {baseline!r}, {taps!r}")
+        self.channels, self.layers, self.filters, self.baseline, self.taps = channels, layers, filters, baseline, taps
         self.convs = nn.ModuleList(
             [MaskedConv2d(channels, filters, "first"), MaskedConv2d(filters, filters, "knight")]
             + [MaskedConv2d(filters, filters, "corners", dilation=3) for _ in range(layers - 2)]
@@ -99,21 +145,25 @@ class FBINet(nn.Module):
         self.head_act = _prelu(filters)
         self.head_residual = Residual(filters)
         self.head = nn.Conv2d(filters, channels, 1)
+        if baseline != "none":  # start exactly at the baseline
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def arch(self) -> dict:
-        return {"channels": self.channels, "layers": self.layers, "filters": self.filters}
+        return {"channels": self.channels, "layers": self.layers, "filters": self.filters, "baseline": self.baseline}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = self.raw_acts[0](self.convs[0](x))
+        conv = (lambda i, t: self.convs[i].forward_live(t)) if self.taps == "live" else (lambda i, t: self.convs[i](t))
+        raw = self.raw_acts[0](conv(0, x))
         out = self.residuals[0](raw)
         total = out
         for i in range(1, self.layers):
-            raw = self.raw_acts[i](self.convs[i](raw))
+            raw = self.raw_acts[i](conv(i, raw))
             out = self.residuals[i](self.mix_acts[i - 1]((raw + out) / 2))
             total = total + out
-        y = self.head_residual(self.head_act(total / self.layers))
-        return self.head(y)
+        y = self.head(self.head_residual(self.head_act(total / self.layers)))
+        return y + mean4(x) if self.baseline == "mean4" else y
 
     def receptive_radius(self) -> int:
         """Largest |offset| any output reads: 1 + 2 + 3·(L − 2)."""
