@@ -322,8 +322,9 @@ def diagnosis(card: dict) -> list[str]:
             f"{d['baselines']['noisy']:.2f} dB: the centre pixel carries more than its neighbours can replace.")
     out += [
         f"5. **What the purifier needs is restoration after GS.** Trained on GS-smoothed noisy crops against the clean "
-        f"crop, the BSN stage lifts the `ncis` preset above GS alone ({gs_clean['ncis']:.2f} vs "
-        f"{d['baselines']['gs_ncis']:.2f} dB after 400 steps; shipped network: see the table above). It is the "
+        f"crop, the BSN lifts GS k3 σ1 T5 + BSN above that GS alone ({gs_clean['ncis']:.2f} vs "
+        f"{d['baselines']['gs_ncis']:.2f} dB after 400 steps; the shipped network with the shipped presets: see the "
+        "table above). It is the "
         "default. Its cost is the one-pass-on-raw-noise figure: a network that learned to undo blur sharpens an "
         "unblurred noisy photo, so that check fails (see *checks*) — a BSN used without GS in front should be "
         "trained with `--input raw`.",
