@@ -43,7 +43,8 @@ log = logging.getLogger("ncis_deploy")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 STATE_NAME = "checkpoint.json"
 LOG_NAME = "train_log.jsonl"
-# GS applied to the training crops for input="gs"/"mixed": the ncis preset's kernel, T drawn per crop from these
+# GS applied to the training crops for input="gs"/"mixed", T drawn per crop: 0.55–2.75 px² of blur variance (the
+# ncis preset's GS, k5 σ2 T3, is ≈ 5 px²: docs/presets.md says what that does)
 INPUT_GS = {"kernel_size": 3, "sigma": 1.0}
 INPUT_GS_ITERATIONS = {"raw": (0,), "gs": (1, 2, 3, 4, 5), "mixed": (0, 1, 2, 3, 4, 5)}
 TARGETS = ("self", "clean")
