@@ -342,8 +342,16 @@ def test_sweep_small_grid(tinymod, tmp_path):
     assert "Command: `ncis-deploy eval --classifier tinymod:make" in r.output and "--grid iterations=2,1" in r.output
 
 
-def test_sweep_bsn_counts_share_passes_exactly():
+def test_sweep_bsn_counts_share_passes_exactly(monkeypatch):
+    import itertools
+
+    from ncis_deploy.eval import sweep
     from ncis_deploy.eval.sweep import DEFAULT_GRID, grid_configs, purify_bsn_counts
+
+    # a clock that ticks once per reading: GS and each pass then take exactly one tick, so the time reported for
+    # b passes must be 1 + b ticks, all measured from the same start (GS included, earlier passes included)
+    ticks = itertools.count()
+    monkeypatch.setattr(sweep.time, "perf_counter", lambda: float(next(ticks)))
 
     assert DEFAULT_GRID["bsn_iterations"] == (0, 1, 2)
     gs = {"type": "gs", "kernel_size": 3, "sigma": 1.0, "iterations": 2}
@@ -354,8 +362,7 @@ def test_sweep_bsn_counts_share_passes_exactly():
     for b, (y, seconds) in outs.items():
         ref = load_purifier({"stages": [gs] + ([{"type": "bsn", "iterations": b}] if b else [])})(x)
         assert torch.equal(y, ref), b  # the same operations, order and batches as Purifier.forward
-        assert seconds >= 0
-    assert outs[2][1] >= outs[1][1] >= outs[0][1]  # b passes cost what the config alone would
+        assert seconds == 1 + b  # what the config alone would cost: GS + b passes
     grid = {"kernel_size": (3,), "sigma": (1.0,), "iterations": (2,), "bsn_iterations": (0, 2)}
     assert [len(c["stages"]) for c in grid_configs(grid)] == [0, 1, 2]
 

@@ -197,7 +197,7 @@ def test_trt10_fp16_onnx_sets_fp16_flag_and_exact_call_sequence(onnx_file, tmp_p
     assert info["profile"] == {"input": "input", "min": [1, 3, 32, 32], "opt": [4, 3, 64, 64], "max": [8, 3, 128, 128]}
     assert info["workspace_bytes"] == 1 << 30 and info["engine_bytes"] == len(b"PLAN-BYTES")
     assert info["timing_cache_reused"] is False and info["timing_cache_saved"] is True
-    assert info["build_seconds"] >= 0
+    assert isinstance(info["build_seconds"], float)  # what it measures awaits a real builder (tensorrt tests)
     assert info["tensorrt_warnings"] == ["TensorRT encountered issues when converting weights between types"]
 
 
