@@ -4,7 +4,8 @@
 
 Each design is a short training run of the same size (same seed, crops, steps) that differs in one or two choices;
 the hold-out curve (china + flower, full size, σ = 8/255) is logged during training, and at the end each trained
-network is measured as the BSN alone on noisy photos and as the BSN after the ncis preset's GS. The same run times
+network is measured as the BSN alone on noisy photos and as the BSN after the ncis preset's GS (the setting is
+recorded with the baselines). The same run times
 the live-tap trainer against the masked dense one (interleaved, same process). Writes JSON + a PNG plot.
 """
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from ncis_deploy.data import ImageSet
 from ncis_deploy.doctor import cpu_record
+from ncis_deploy.eval.sweep import label
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import FBINet
 from ncis_deploy.train import LOG_NAME, TrainConfig, make_batch, train
@@ -152,13 +154,13 @@ def plot(report: dict, path: Path) -> None:
     for ax, key, title, lines in (
             (axes[0], "holdout_psnr", "BSN alone on noisy photos", (("noisy", "noisy input"), ("mean4", "4-neighbour mean"),
                                                                     ("best_gs", "best GS"))),
-            (axes[1], "holdout_psnr_ncis", "BSN after the ncis preset's GS (k3 σ1 T5)", (("gs_ncis", "GS alone"),
-                                                                                          ("noisy", "noisy input")))):
+            (axes[1], "holdout_psnr_ncis", f"BSN after {label({'stages': [b['gs_ncis_setting']]})}",
+             (("gs_ncis", "GS alone"), ("noisy", "noisy input")))):
         for name, d in report["designs"].items():
             ax.plot([c["step"] for c in d["curve"]], [c[key] for c in d["curve"]], marker="o", label=name)
-        for k, label in lines:
+        for k, text in lines:
             ax.axhline(b[k], ls="--", lw=1, color="grey")
-            ax.annotate(f"{label} {b[k]:.2f}", (0, b[k]), fontsize=8, color="dimgrey", va="bottom")
+            ax.annotate(f"{text} {b[k]:.2f}", (0, b[k]), fontsize=8, color="dimgrey", va="bottom")
         # zoom on the baselines: the plain FBI-Net curves start near 7 dB and would flatten everything else
         lo = min(b["mean4"], b["gs_ncis"]) - 2.5
         ax.set_ylim(lo, max(b["noisy"], b["best_gs"]) + 0.5)

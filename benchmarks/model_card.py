@@ -24,6 +24,7 @@ import torch
 import ncis_deploy
 from ncis_deploy import load_purifier
 from ncis_deploy.data import BUNDLED_HOLDOUT, ImageSet
+from ncis_deploy.eval.sweep import label
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import mean4
 from ncis_deploy.model.purifier import PRESETS, WEIGHTS_NAME, default_weights_path
@@ -103,16 +104,15 @@ def plot_curve(log_path: Path, out: Path) -> None:
     pts = [r for r in recs if "holdout_psnr" in r]
     fig, ax = plt.subplots(figsize=(11.5, 4.8))
     ax.plot([r["step"] for r in pts], [r["holdout_psnr"] for r in pts], marker="o", ms=3, label="one BSN pass (on noisy)")
-    g = b["gs_ncis_setting"]
-    ncis_gs = f"GS k{g['kernel_size']} σ{g['sigma']:g} T{g['iterations']}"
+    ncis_gs = label({"stages": [b["gs_ncis_setting"]]})
     ax.plot([r["step"] for r in pts], [r["holdout_psnr_ncis"] for r in pts], marker="s", ms=3,
             label=f"{ncis_gs}, then the BSN")
-    gs = b["best_gs_setting"]
-    for key, label, color in (("mean4", "4-neighbour mean (0 parameters)", "tab:red"),
-                              ("best_gs", f"best GS (k{gs['kernel_size']} σ{gs['sigma']} T{gs['iterations']})", "tab:green"),
-                              ("gs_ncis", f"{ncis_gs} alone", "tab:purple"),
-                              ("noisy", "noisy input", "grey")):
-        ax.axhline(b[key], ls="--", lw=1.2, color=color, label=f"{label}: {b[key]:.2f} dB")
+    best_gs = label({"stages": [{"type": "gs", **b["best_gs_setting"]}]})
+    for key, name, color in (("mean4", "4-neighbour mean (0 parameters)", "tab:red"),
+                             ("best_gs", f"best GS ({best_gs})", "tab:green"),
+                             ("gs_ncis", f"{ncis_gs} alone", "tab:purple"),
+                             ("noisy", "noisy input", "grey")):
+        ax.axhline(b[key], ls="--", lw=1.2, color=color, label=f"{name}: {b[key]:.2f} dB")
     crop = recs[0].get("holdout_crop")  # runs before it was recorded measured the full photos
     ax.set(xlabel="training step", ylabel="PSNR (dB)",
            title=f"Hold-out china + flower, {f'{crop}² centre crops' if crop else 'full size'}, Gaussian noise σ = 8/255")
@@ -124,9 +124,8 @@ def plot_curve(log_path: Path, out: Path) -> None:
 
 
 def _stages(preset) -> str:
-    """'GS k3 sigma 1 T5 + BSN x1' (ASCII: PIL's default font has no σ)."""
-    return " + ".join(f"GS k{st['kernel_size']} sigma {st['sigma']:g} T{st['iterations']}" if st["type"] == "gs"
-                      else f"BSN x{st['iterations']}" for st in preset.stages)
+    """The sweep's label of a preset, in ASCII: PIL's default font has no σ or ×."""
+    return label({"stages": list(preset.stages)}).replace("σ", "sigma ").replace("×", " x")
 
 
 @torch.no_grad()
