@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-numpy2 kernels clean
+.PHONY: setup demo test test-slow test-numpy2 kernels clean
 # The serve extra (nvidia-pytriton: a real tritonserver for `ncis-deploy serve` and its tests, + tritonclient) pins
 # numpy<2, so ./.venv runs numpy 1.26; `make test-numpy2` covers numpy 2 in a second environment without it.
 setup: $(VENV)/.installed
@@ -26,11 +26,17 @@ demo: setup  ## export the default purifier (parity-checked, + a Triton reposito
 	$(BIN)/ncis-deploy purify --out demo/purified --backend onnxruntime --model demo/export/purifier.onnx
 	$(BIN)/ncis-deploy train --steps 20 --crop 32 --batch 4 --out demo/bsn
 
+# `make test` skips the tests marked `slow` (full-size trainings, photos and default export, the model card's numbers,
+# the torchattacks cross-check): what each exercises also runs, more cheaply, in the default set, which keeps
+# `make test` well inside its time budget on a busy 2-core machine. `make test-slow` runs them (CI: a step of its own).
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The same suite on numpy 2 (what a plain `pip install ncis-deploy` gets), in a second environment without the
-# serve extra; the Triton tests skip there (they ran in `make test`).
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow --runslow
+
+# The default (fast) suite on numpy 2 (what a plain `pip install ncis-deploy` gets), in a second environment without
+# the serve extra; the Triton tests skip there (they ran in `make test`).
 VENV2 ?= .venv-numpy2
 test-numpy2: $(VENV2)/.installed
 	$(VENV2)/bin/python -c "import numpy, sys; sys.exit(0 if int(numpy.__version__.split('.')[0]) >= 2 else 'numpy 2 expected')"

@@ -10,7 +10,8 @@ Speed (recorded; the issue's goals are reported, not enforced): CUDA-event timin
 inputs rotated over enough buffers to overflow L2, against T iterations of PyTorch's reflect-pad + depthwise conv2d
 (``smooth_iterative``) and the fused matmul form, for T in {1, 3, 10}, batch {1, 64}, 224² and 512², kernel 3; and
 the device's copy bandwidth (a large device-to-device copy, bytes read + written), measured in the same run.
-Method: /work/.library/device/METHOD.md ("two numbers first", "correct first", "time properly").
+Method: check correctness before timing; time with CUDA events after warm-up, inputs rotated past L2; report the
+copy bandwidth measured in the same run beside every kernel time.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: gpu_kernels.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
-    torch.backends.cudnn.allow_tf32 = False  # float32 references must be float32 (REFERENCE.md: TF32 off for parity)
+    torch.backends.cudnn.allow_tf32 = False  # float32 references must be float32 (TF32 would blur the parity check)
     torch.backends.cuda.matmul.allow_tf32 = False
     from ncis_deploy import kernels
 

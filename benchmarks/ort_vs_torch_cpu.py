@@ -23,7 +23,7 @@ from model_card import machine  # noqa: E402
 import ncis_deploy  # noqa: E402
 from ncis_deploy import load_purifier  # noqa: E402
 from ncis_deploy.exporters.onnx import build_onnx  # noqa: E402
-from ncis_deploy.exporters.parity import ort_session  # noqa: E402
+from ncis_deploy.runners import make_runner  # noqa: E402
 from ncis_deploy.fileio import write_json  # noqa: E402
 
 
@@ -49,14 +49,14 @@ def main() -> None:
 
     purifier = load_purifier(args.preset)
     model = build_onnx(purifier, args.size, args.size, version=ncis_deploy.__version__).SerializeToString()
-    sess = ort_session(model)
+    ort_runner = make_runner("onnxruntime", model).activate()
     rows = []
     for b in args.batches:
         x = np.random.default_rng(0).random((b, 3, args.size, args.size), dtype=np.float32)
         xt = torch.from_numpy(x)
         backends = {
             "pytorch-eager": lambda: purifier(xt),
-            "onnxruntime-cpu": lambda: sess.run(None, {"input": x}),
+            "onnxruntime-cpu": lambda: ort_runner.infer_impl(x),  # unchecked, as torch is
         }
         res = {}
         with torch.inference_mode():

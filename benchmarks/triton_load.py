@@ -13,7 +13,6 @@ so the server's overhead reads as a ratio. Writes benchmarks/results/triton-load
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_card import machine  # noqa: E402
 
 from ncis_deploy.bench.serving import ServerProcess, batch_counters, load_test, malformed_requests  # noqa: E402
+from ncis_deploy.exporters.manifest import ONNX, open_export  # noqa: E402
 from ncis_deploy.fileio import write_json  # noqa: E402
+from ncis_deploy.runners import make_runner  # noqa: E402
 
 
 def main() -> None:
@@ -45,21 +46,17 @@ def main() -> None:
         if export_dir is None:
             export_dir = Path(tmp) / "export"
             subprocess.run([sys.executable, "-m", "ncis_deploy.cli", "export", "--out", str(export_dir)], check=True)
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(export_dir / "purifier.onnx"), providers=["CPUExecutionProvider"])
-        shape = sess.get_inputs()[0].shape
-        h, w = (d if isinstance(d, int) else 224 for d in shape[2:])
-        rng = np.random.default_rng(0)
-        inputs = [rng.random((1, 3, h, w), dtype=np.float32) for _ in range(8)]
-        refs = [sess.run(None, {"input": x})[0] for x in inputs]
-        # in-process baseline, same inputs, batch 1, sequential
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < min(args.seconds, 10.0):
-            sess.run(None, {"input": inputs[n % len(inputs)]})
-            n += 1
-        in_process = n / (time.perf_counter() - t0)
-        del sess
+        with make_runner("onnxruntime", open_export(export_dir).path(ONNX)) as runner:
+            h, w = runner.input_spec.fixed_hw or (224, 224)
+            rng = np.random.default_rng(0)
+            inputs = [rng.random((1, 3, h, w), dtype=np.float32) for _ in range(8)]
+            refs = [runner.infer(x) for x in inputs]
+            # in-process baseline, same inputs, batch 1, sequential; timed like `bench`: inputs checked once, above
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < min(args.seconds, 10.0):
+                runner.infer_impl(inputs[n % len(inputs)])
+                n += 1
+            in_process = n / (time.perf_counter() - t0)
         print(f"in-process onnxruntime, batch 1: {in_process:.2f} img/s", flush=True)
 
         runs = []
@@ -75,7 +72,7 @@ def main() -> None:
                     r["mean_server_batch"] = (n1 - n0) / (e1 - e0) if e1 > e0 else None
                     r["vs_in_process"] = r["throughput_img_s"] / in_process
                     runs.append(r)
-            max_batch = json.loads((export_dir / "manifest.json").read_text())["options"]["batch"][2]
+            max_batch = open_export(export_dir).max_batch
             bad = malformed_requests(sp.http_url, "ncis_purifier", inputs[0], max_batch=max_batch)
         report = {
             "command": "python benchmarks/triton_load.py " + " ".join(sys.argv[1:]),

@@ -113,16 +113,16 @@ def _tiny_onnx() -> bytes:
     return model.SerializeToString()
 
 
-def _probe_provider(ort, model: bytes, provider: str) -> dict:
+def _probe_provider(model: bytes, provider: str) -> dict:
     """Open a session asking for ``provider`` only, run it once, and say whether ``provider`` is really in use."""
     import numpy as np
 
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
+        from ncis_deploy.runners.onnxruntime import open_session
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sess = ort.InferenceSession(model, sess_options=so, providers=[provider])
+            sess = open_session(model, [provider])  # that provider alone: anything else it reports is a fallback
         active = sess.get_providers()
         if provider not in active:
             return {"live": False, "detail": f"session fell back to {', '.join(active)}"}
@@ -153,7 +153,7 @@ def _onnxruntime() -> dict:
         return out
     for p in PROBED_PROVIDERS:
         if p in out["available_providers"]:
-            out["providers"][p] = _probe_provider(mod, model, p)
+            out["providers"][p] = _probe_provider(model, p)
     return out
 
 

@@ -14,10 +14,6 @@ class UserError(Exception):
     exit_code = 2
 
 
-class NotAvailableYet(UserError):
-    """A command or backend that a later release fills in."""
-
-
 def missing_package(package: str, extra: str | None = None) -> UserError:
     """The one message for an optional dependency that is not installed."""
     hint = f"pip install 'ncis-deploy[{extra}]'" if extra else f"pip install {package}"

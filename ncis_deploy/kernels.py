@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import threading
 from importlib import resources
 from pathlib import Path
@@ -97,7 +98,7 @@ def _check(result, what: str):
 def compile_program(arch: str) -> bytes:
     """Compile gaussian_smooth.cu with NVRTC (cuda-python) to a cubin ("sm_XY") or PTX ("compute_XY").
 
-    Needs no GPU: gpu_check.sh and the README's manual check use it to prove the source compiles under NVRTC.
+    Needs no GPU: gpu_check.sh and kernels/README.md's manual check use it to prove the source compiles under NVRTC.
     """
     try:
         nvrtc, _ = _cuda_python()
@@ -238,9 +239,11 @@ def gaussian_smooth_cuda(x, kernel_size: int, sigma: float, iterations: int, out
     """
     import torch
 
-    from ncis_deploy.model.smoothing import gaussian_kernel1d
-
-    gaussian_kernel1d(kernel_size, sigma)  # validates kernel_size and sigma with the usual messages
+    # the checks of smoothing.gaussian_kernel1d, restated: the GS stage imports this module, not the other way round
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise UserError(f"GS kernel_size must be a positive odd integer, got {kernel_size}")
+    if not sigma > 0 or not math.isfinite(sigma):
+        raise UserError(f"GS sigma must be a positive number, got {sigma}")
     if iterations < 0:
         raise UserError(f"GS iterations must be >= 0, got {iterations}")
     if not isinstance(x, torch.Tensor) or not x.is_cuda:

@@ -10,6 +10,7 @@ import torch
 
 from ncis_deploy.data import IMAGE_EXTENSIONS, bundled_photos, load_image
 from ncis_deploy.errors import UserError
+from ncis_deploy.exporters.manifest import BACKEND_ARTIFACT, DEFAULT_DIR
 from ncis_deploy.fileio import atomic_path, ensure_writable_dir
 
 
@@ -39,7 +40,7 @@ def save_png(path: Path, img: torch.Tensor) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-DEFAULT_ARTIFACTS = {"onnxruntime": Path("ncis_export/purifier.onnx"), "tensorrt": Path("ncis_export/purifier.engine")}
+DEFAULT_ARTIFACTS = {b: Path(DEFAULT_DIR) / name for b, name in BACKEND_ARTIFACT.items()}  # where `export` writes
 
 
 def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None, device: str = "cpu",

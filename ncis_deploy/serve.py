@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
@@ -32,16 +31,16 @@ from typing import Callable
 import numpy as np
 
 from ncis_deploy.errors import UserError
+from ncis_deploy.exporters.manifest import BACKEND_ARTIFACT, DEFAULT_DIR, Export, open_export
 from ncis_deploy.exporters.triton import PURIFIER
 
 MODEL_NAME = PURIFIER
 EXIT_TIMEOUT_S = 5  # in-flight requests get this long at shutdown; Triton's default 30 s makes Ctrl-C feel hung
-BACKENDS = {"onnxruntime": "purifier.onnx", "tensorrt": "purifier.engine"}
 
 
 @dataclass
 class ServeOptions:
-    export_dir: str = "ncis_export"
+    export_dir: str = DEFAULT_DIR
     host: str = "127.0.0.1"  # loopback: exposing a server is a decision, not a default
     http_port: int = 8000
     grpc_port: int = 8001
@@ -103,28 +102,12 @@ def python_library_env() -> dict[str, str]:
     return {"LD_LIBRARY_PATH": ":".join(parts)}
 
 
-def read_export(export_dir: str | os.PathLike, backend: str) -> tuple[dict, Path]:
-    """The export's manifest and the artifact ``backend`` serves."""
-    d = Path(export_dir)
-    if not d.exists():
-        raise UserError(f"export directory {d} does not exist; run `ncis-deploy export --out {d}` first")
-    if not (d / "manifest.json").is_file():
-        raise UserError(f"{d} is not an ncis-deploy export (no manifest.json); run `ncis-deploy export --out {d}`")
-    if backend not in BACKENDS:
-        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{d}/manifest.json is unreadable ({e}); re-export") from None
-    artifact = d / BACKENDS[backend]
-    if not artifact.is_file():
-        hint = ("build one with `ncis-deploy export --tensorrt` on a GPU machine with TensorRT"
-                if backend == "tensorrt" else "re-export")
-        raise UserError(f"{artifact} does not exist; {hint}")
-    if "plugin" in manifest and backend == "onnxruntime":
-        raise UserError(f"{d} was exported with --smoothing plugin, which ONNX Runtime cannot run; serve a standard "
-                        "export or --backend tensorrt")
-    return manifest, artifact
+def read_export(export_dir: str | os.PathLike, backend: str) -> tuple[Export, Path]:
+    """The opened export and the (verified) artifact ``backend`` serves."""
+    if backend not in BACKEND_ARTIFACT:
+        raise UserError(f"--backend must be one of {', '.join(BACKEND_ARTIFACT)}, got {backend!r}")
+    ex = open_export(export_dir)
+    return ex, ex.artifact_for(backend)
 
 
 # --------------------------------------------------------------------------------------------------- server
@@ -147,20 +130,20 @@ class PurifierServer:
                 raise UserError(f"{what} must be >= 1, got {v}")
         if o.queue_delay_us < 0:
             raise UserError(f"--queue-delay-us must be >= 0, got {o.queue_delay_us}")
-        manifest, artifact = read_export(o.export_dir, o.backend)
+        export, artifact = read_export(o.export_dir, o.backend)
         check_ports(o.host, {"http": o.http_port, "grpc": o.grpc_port, "metrics": o.metrics_port})
         pytriton_version = require_pytriton()
         env = python_library_env()
         t0 = time.perf_counter()
         try:
-            self._start(manifest, artifact, env, pytriton_version)
+            self._start(export, artifact, env, pytriton_version)
         except BaseException:
             self.stop()
             raise
         self.description["ready_s"] = round(time.perf_counter() - t0, 2)
         return self
 
-    def _start(self, manifest: dict, artifact: Path, env: dict, pytriton_version: str) -> None:
+    def _start(self, export: Export, artifact: Path, env: dict, pytriton_version: str) -> None:
         from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
@@ -176,7 +159,7 @@ class PurifierServer:
             self.runners.append(make_runner(o.backend, artifact, device=o.device, **kw).activate())
         spec = self.runners[0].input_spec
         hi = spec.batch[1]
-        max_batch = o.max_batch or int(manifest.get("options", {}).get("batch", [1, 8, 32])[2])
+        max_batch = o.max_batch or export.max_batch
         if hi is not None and max_batch > hi:
             raise UserError(f"--max-batch {max_batch} exceeds what {artifact.name} accepts ({hi})")
         fixed = spec.fixed_hw
@@ -212,7 +195,7 @@ class PurifierServer:
             "threads_per_instance": threads if o.backend == "onnxruntime" else None,
             "queue_delay_us": o.queue_delay_us, "http": f"http://{host}:{o.http_port}", "grpc": f"{host}:{o.grpc_port}",
             "metrics": f"http://{host}:{o.metrics_port}/metrics", "pytriton": pytriton_version,
-            "purifier": manifest.get("purifier", {}).get("config")}
+            "purifier": export.config}
 
     def is_alive(self) -> bool:
         return self.triton is not None and self.triton.is_alive()

@@ -1,5 +1,6 @@
 """Markers: ``gpu`` (needs CUDA), ``tensorrt`` (needs tensorrt + CUDA), ``triton`` (needs nvidia-pytriton, the serve
-extra), ``slow`` (needs --runslow).
+extra), ``slow`` (needs --runslow: `make test-slow`, a CI step of its own; what each slow test exercises also runs, more
+cheaply, in the default set, so `make test` keeps its time budget on a busy machine).
 
 They skip only where the hardware or package is missing; CPU paths never skip. CI sets NCIS_DEPLOY_REQUIRE_TRITON=1,
 which turns a missing pytriton into an error instead of skips.

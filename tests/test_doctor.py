@@ -42,6 +42,9 @@ def test_tensorrt_verdict_matches_packages(rep):
     if not rep["tensorrt"]["installed"]:
         assert not rep["backends"]["tensorrt"]["usable"]
         assert "ncis-deploy[trt]" in rep["backends"]["tensorrt"]["reason"]
+    else:  # installed: usable exactly when cuda-python is there and sees a device
+        cp = rep["cuda_python"]
+        assert rep["backends"]["tensorrt"]["usable"] == bool(cp.get("installed") and cp.get("device_count"))
 
 
 def test_render_mentions_every_backend(rep):
@@ -69,7 +72,7 @@ def test_listed_but_dead_provider_is_reported(monkeypatch):
     import onnxruntime as real
 
     class Session:
-        def __init__(self, model, sess_options=None, providers=()):
+        def __init__(self, model, sess_options=None, providers=(), provider_options=None):
             self.asked = list(providers)
 
         def get_providers(self):

@@ -177,6 +177,7 @@ def test_bad_eps_is_a_user_error(model_xy, eps):
 
 @pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None,
                     reason="torchattacks not installed (pip install --no-deps torchattacks; it pins an old requests)")
+@pytest.mark.slow  # 400 images x 20 steps, twice: a cross-check of the PGD the fast tests above already pin down
 @pytest.mark.parametrize("norm,eps", [("linf", 0.5 / 255), ("l2", 0.1)])
 def test_pgd_agrees_with_torchattacks(norm, eps):
     import torchattacks

@@ -11,11 +11,12 @@ from ncis_deploy import load_purifier
 from ncis_deploy.cli import cli
 from ncis_deploy.exporters import pipeline
 from ncis_deploy.exporters.gate import check_tensorrt_compatible
+from ncis_deploy.exporters.manifest import sha256_file
 from ncis_deploy.exporters.onnx import build_onnx, count_macs
-from ncis_deploy.exporters.parity import ort_session
 from ncis_deploy.exporters.pipeline import ExportOptions, export, parse_batch
 from ncis_deploy.errors import UserError
 from ncis_deploy.model.purifier import Purifier
+from ncis_deploy.runners import make_runner
 
 from test_cli import assert_user_error
 
@@ -39,7 +40,8 @@ def small_purifier(layers=4, filters=8, gs_iterations=3, seed=0):
 
 
 def ort(model, x):
-    return ort_session(model.SerializeToString()).run(None, {"input": x})[0]
+    with make_runner("onnxruntime", model.SerializeToString()) as r:
+        return r.infer(x)
 
 
 def test_onnx_matches_torch_fixed_and_dynamic():
@@ -134,7 +136,7 @@ def test_export_cli_default_preset_small(tmp_path):
     files = {a["file"]: a for a in m["artifacts"]}
     assert set(files) == {"purifier.onnx", "purifier_fp16.onnx", "purifier_classifier.onnx"}
     for name, a in files.items():
-        assert a["sha256"] == pipeline.sha256_file(tmp_path / "e" / name)
+        assert a["sha256"] == sha256_file(tmp_path / "e" / name)
     assert files["purifier.onnx"]["inputs"] == [{"name": "input", "shape": ["batch", 3, 40, 36], "dtype": "float32"}]
     assert m["parity"]["fp32"]["max_abs"] <= 1e-4
     assert len(m["parity"]["fp32"]["cases"]) == 3
@@ -196,25 +198,35 @@ def test_export_bad_inputs(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-def test_zero_argument_export(tmp_path, monkeypatch):
+# the default export (ncis at 224x224, parity-checked up to batch 32) is slow on a CPU; the fast run changes only
+# the image size
+@pytest.mark.parametrize("size", [pytest.param(32, id="small-images"),
+                                  pytest.param(None, marks=pytest.mark.slow, id="zero-arguments")])
+def test_zero_argument_export(tmp_path, monkeypatch, size):
     monkeypatch.chdir(tmp_path)
-    r = run("export")
+    r = run("export", *(["--height", size, "--width", size] if size else []))
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "ncis_export" / "manifest.json").read_text())
     model = onnx.load(tmp_path / "ncis_export" / "purifier.onnx")
     onnx.checker.check_model(model, full_check=True)
     check_tensorrt_compatible(model)
-    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 224, 224]
+    hw = size or 224
+    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, hw, hw]
     assert m["parity"]["fp32"]["max_abs"] <= 1e-4
     assert m["options"]["batch"] == [1, 8, 32]
 
 
-def test_purify_through_onnxruntime_matches_torch(tmp_path, image_dir):
-    export(ExportOptions(source="ncis", out=str(tmp_path / "e"), dynamic_hw=True, height=32, width=32, large_batch=2))
+# the shipped 17-layer BSN is slow on a CPU; the fast run uses a small BSN between GS stages
+@pytest.mark.parametrize("source", ["small", pytest.param("ncis", marks=pytest.mark.slow)])
+def test_purify_through_onnxruntime_matches_torch(tmp_path, image_dir, source):
+    if source == "small":
+        source = str(tmp_path / "small")
+        small_purifier().save(source)
+    export(ExportOptions(source=source, out=str(tmp_path / "e"), dynamic_hw=True, height=32, width=32, large_batch=2))
     r1 = run("purify", image_dir, "--out", tmp_path / "ort", "--backend", "onnxruntime",
              "--model", tmp_path / "e" / "purifier.onnx")
     assert r1.exit_code == 0, r1.output
-    r2 = run("purify", image_dir, "--out", tmp_path / "pt")
+    r2 = run("purify", image_dir, "--out", tmp_path / "pt", *(["--config", source] if source != "ncis" else []))
     assert r2.exit_code == 0, r2.output
     from PIL import Image
     for rel in ("a.png", "sub/b.png", "sub/c.png"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import sys
+import time
 import types
 
 import numpy as np
@@ -115,14 +116,17 @@ def test_input_spec_from_onnx(tmp_path, onnx_path):
 
 
 # -------------------------------------------------------------------------------------------------- onnxruntime
-def test_onnxruntime_infer_matches_numpy(onnx_path):
+def test_onnxruntime_infer_matches_numpy(onnx_path, monkeypatch):
     x = rand(3, 3, 8, 8)
     with OnnxRuntimeRunner(onnx_path, threads=1) as r:
         assert r.providers == ["CPUExecutionProvider"]
         assert r.metadata == {"ncis_deploy.layout": "NCHW"}
         assert r.input_spec.fixed_hw == (8, 8)
+        assert r.last_inference_time is None
+        run = r.infer_impl
+        monkeypatch.setattr(r, "infer_impl", lambda x: (time.sleep(0.05), run(x))[1])  # an inference of >= 50 ms
         y = r.infer(x)
-        assert isinstance(r.last_inference_time, float) and r.last_inference_time > 0
+        assert 0.05 <= r.last_inference_time < 30  # seconds of the inference itself
     np.testing.assert_array_equal(y, np.clip(x * 0.5, 0, 1))
     assert y.dtype == np.float32 and y.shape == x.shape
 
@@ -580,3 +584,189 @@ def test_tensorrt_runner_real_corrupt_engine(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="could not deserialize"):
         TensorRTRunner(bad).activate()
+
+
+# ------------------------------------------------------------------------------------ reference runner, compare()
+def test_reference_runner_agrees_with_onnxruntime(tmp_path, onnx_path):
+    from ncis_deploy.runners.compare import compare
+    from ncis_deploy.runners.reference import ReferenceRunner
+
+    cases = [("one", rand(1, 3, 8, 8)), ("three", rand(3, 3, 8, 8, seed=1))]
+    ref = make_runner("reference", onnx_path)
+    assert isinstance(ref, ReferenceRunner) and ref.name == "reference"
+    result = compare([OnnxRuntimeRunner(onnx_path, threads=1), ref], cases, tolerance=1e-7)
+    pair = result.pairs[0]
+    assert (pair.reference, pair.candidate) == ("onnxruntime", "reference")
+    assert result.ok and pair.max_abs <= 1e-7 and pair.images == 4
+    np.testing.assert_array_equal(result.outputs["reference"][1], np.clip(cases[1][1] * 0.5, 0, 1))
+    assert not ref.is_active  # compare activated it for the cases and let it go
+    with make_runner("reference", onnx_path.read_bytes()) as r:  # bytes work too, and inputs are checked
+        assert r.input_spec.fixed_hw == (8, 8)
+        with pytest.raises(RunnerInputError, match="height 9"):
+            r.infer(rand(1, 3, 9, 8))
+    with pytest.raises(UserError, match="CPU only"):
+        make_runner("reference", onnx_path, device="cuda")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="bad.onnx"):
+        make_runner("reference", bad).activate()
+
+
+def test_reference_runner_runs_the_plugin_op_like_torch():
+    from ncis_deploy import load_purifier
+    from ncis_deploy.exporters.onnx import build_onnx
+    from ncis_deploy.runners.compare import compare
+
+    purifier = load_purifier("gs")
+    model = build_onnx(purifier, 12, 10, smoothing="plugin")
+    assert any(n.op_type == "NcisGaussianSmooth" for n in model.graph.node)  # the custom op really runs
+    x = rand(2, 3, 12, 10, seed=4)
+    result = compare({"torch": make_runner("torch", purifier), "reference": make_runner("reference", model)},
+                     [("random", x)], tolerance=1e-5)
+    assert result.ok and result.pairs[0].max_abs <= 1e-5
+    assert not np.allclose(result.outputs["reference"][0], x, atol=1e-3)  # it smoothed: not an identity pass
+
+
+class _Perturbed(OnnxRuntimeRunner):
+    """ONNX Runtime, then a constant added: a backend that is wrong by exactly ``delta``."""
+
+    name = "perturbed"
+
+    def __init__(self, path, delta: float):
+        super().__init__(path, threads=1)
+        self.delta = delta
+
+    def infer_impl(self, x):
+        return super().infer_impl(x) + np.float32(self.delta)
+
+
+def test_compare_fails_a_perturbed_runner(onnx_path):
+    from ncis_deploy.runners.compare import Tolerance, compare
+
+    cases = [("a", rand(1, 3, 8, 8)), ("b", rand(2, 3, 8, 8, seed=2))]
+    exact = compare([OnnxRuntimeRunner(onnx_path, threads=1), _Perturbed(onnx_path, 0.0)], cases, tolerance=1e-4)
+    assert exact.ok and exact.pairs[0].max_abs == 0.0
+    off = compare([OnnxRuntimeRunner(onnx_path, threads=1), _Perturbed(onnx_path, 2e-4)], cases, tolerance=1e-4)
+    pair = off.pairs[0]
+    assert not off.ok and [c.case for c in pair.failures] == ["a", "b"]
+    assert pair.max_abs == pytest.approx(2e-4, rel=1e-3) and pair.rows()[0]["mean_abs"] == pytest.approx(2e-4, rel=1e-3)
+    assert compare([OnnxRuntimeRunner(onnx_path, threads=1), _Perturbed(onnx_path, 2e-4)], cases,
+                   tolerance=Tolerance(max_abs=1e-3)).ok
+    nan = compare({"ref": [np.zeros((1, 2))], "nan": [np.full((1, 2), np.nan)]}, [("x", np.zeros((1, 2)))], 1.0)
+    assert not nan.ok  # a NaN difference is not within any tolerance
+
+
+def test_compare_top1_and_recorded_outputs(onnx_path):
+    from ncis_deploy.runners.compare import Tolerance, compare
+
+    cases = [("a", np.zeros((2, 1))), ("b", np.zeros((2, 1)))]
+    ref = [np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]])]
+    got = [np.array([[0.0, 1.0], [0.0, 1.0]]), np.array([[0.2, 0.9], [0.1, 0.8]])]
+    pair = compare({"ref": ref, "got": got}, cases, top1=True).pairs[0]
+    assert pair.top1_agreement == 0.75 and pair.images == 4 and pair.max_abs == 1.0 and pair.ok
+    assert not compare({"ref": ref, "got": got}, cases, Tolerance(top1=0.9)).ok
+    assert compare({"ref": ref, "got": got}, cases, Tolerance(top1=0.75)).ok
+    with pytest.raises(ValueError, match="1 recorded outputs for 2 cases"):
+        compare({"ref": ref[:1], "got": got}, cases)
+    with pytest.raises(UserError, match="returned shape"):
+        compare({"ref": ref, "got": [g[:1] for g in got]}, cases)
+    active = OnnxRuntimeRunner(onnx_path, threads=1).activate()  # an active runner is left active
+    x = rand(1, 3, 8, 8)
+    assert compare({"numpy": [np.clip(x * 0.5, 0, 1)], "ort": active}, [("x", x)], 0.0).ok
+    assert active.is_active
+    active.deactivate()
+
+
+def test_onnxruntime_runner_from_bytes_binding_and_session_options(tmp_path, onnx_path):
+    x, x2 = rand(2, 3, 8, 8), rand(2, 3, 8, 8, seed=5)
+    opts = {"enable_profiling": True, "profile_file_prefix": str(tmp_path / "prof")}
+    with OnnxRuntimeRunner(onnx_path.read_bytes(), threads=1, session_options=opts) as r:
+        bound = r.bind(x)
+        bound.run()
+        np.testing.assert_array_equal(bound.output(), np.clip(x * 0.5, 0, 1))
+        bound.update(x2)
+        bound.run()
+        np.testing.assert_array_equal(bound.output(), np.clip(x2 * 0.5, 0, 1))
+        profile = r.session.end_profiling()
+    assert profile.startswith(str(tmp_path / "prof")) and tmp_path.joinpath(profile).is_file()
+    with pytest.raises(UserError, match="in-memory ONNX model is not a valid ONNX model"):
+        OnnxRuntimeRunner(b"not a protobuf").activate()
+
+
+def test_device_binding_gpu_branch_and_the_bench_target_with_fakes(monkeypatch, onnx_path):
+    """The GPU branch of the one IO-binding path (what `bench` times for onnxruntime:cuda) against a fake device
+    that moves real arrays: which memory is bound, that update() and output() are the only copies, and that a
+    fixed output is preallocated. It checks our bookkeeping, not onnxruntime-gpu (the `gpu` tests do that)."""
+    from ncis_deploy.bench.targets import BackendSpec, OrtGpuTarget
+
+    class Value:  # an OrtValue "on the device"
+        def __init__(self, a):
+            self.a = a
+
+        @classmethod
+        def ortvalue_from_numpy(cls, x, device, device_id):
+            assert (device, device_id) == ("cuda", 0)
+            return cls(x.copy())
+
+        @classmethod
+        def ortvalue_from_shape_and_type(cls, shape, dtype, device, device_id):
+            return cls(np.full(shape, np.nan, dtype))
+
+        def update_inplace(self, x):
+            self.a[...] = x
+
+        def numpy(self):
+            return self.a.copy()
+
+    class Binding:
+        x = y = None
+
+        def bind_ortvalue_input(self, name, v):
+            self.x = v
+
+        def bind_ortvalue_output(self, name, v):
+            self.y = v
+
+        def bind_output(self, name, device, device_id):
+            assert device == "cuda"
+
+        def copy_outputs_to_cpu(self):
+            return [self.y.a.copy()]
+
+    class Session:
+        def __init__(self, real):
+            self.real, self.runs = real, 0
+
+        def io_binding(self):
+            return Binding()
+
+        def run(self, names, feeds):
+            return self.real.run(names, feeds)
+
+        def run_with_iobinding(self, b):
+            self.runs += 1
+            y = np.clip(b.x.a * 0.5, 0, 1)
+            if b.y is None:  # output left to ORT: it allocates
+                b.y = Value(y)
+            else:  # preallocated: written in place, the address a CUDA graph captured stays valid
+                b.y.a[...] = y
+
+    r = OnnxRuntimeRunner(onnx_path, io_binding=True, threads=1).activate()
+    r.session, r._on_gpu = Session(r.session), True
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(OrtValue=Value))
+    x, x2 = rand(2, 3, 8, 8), rand(2, 3, 8, 8, seed=1)
+    np.testing.assert_array_equal(r.infer(x), np.clip(x * 0.5, 0, 1))
+    target = OrtGpuTarget(BackendSpec("onnxruntime", "cuda"), r)
+    target.prepare(x)
+    fixed = target.bound.y_dev
+    target.x = x2
+    times = target.run_once()
+    assert set(times) == {"host", "h2d", "compute", "d2h"}
+    assert target.bound.y_dev is fixed
+    np.testing.assert_array_equal(fixed.numpy(), np.clip(x2 * 0.5, 0, 1))
+    target.data_transfers = False  # compute only: the bound input is not refreshed
+    target.x = x
+    target.run_once()
+    np.testing.assert_array_equal(fixed.numpy(), np.clip(x2 * 0.5, 0, 1))
+    target.release()
+    assert target.bound is None

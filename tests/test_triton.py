@@ -85,7 +85,7 @@ def test_configs_match_the_manifest(export_dir):
 def test_engine_gets_a_plan_model_and_the_ensemble_uses_it_when_dtypes_agree(export_dir, tmp_path, fp16_plan):
     """No TensorRT here: a stand-in plan file exercises the repository logic around a built engine."""
     from ncis_deploy.exporters.onnx import build_onnx
-    from ncis_deploy.exporters.pipeline import load_classifier
+    from ncis_deploy.exporters.classifier import load_classifier
     from ncis_deploy.model.purifier import load_purifier
 
     engine_onnx = export_dir / "purifier.onnx"

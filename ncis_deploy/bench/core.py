@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import gc
-import json
 import os
 import platform
 import tempfile
@@ -24,8 +23,9 @@ from ncis_deploy.bench.schema import FORMAT, FORMAT_VERSION, validate
 from ncis_deploy.bench.stats import CONVENTIONS, scale, summarize
 from ncis_deploy.bench.targets import BackendSpec, MemoryProbe, make_target
 from ncis_deploy.errors import UserError
+from ncis_deploy.exporters.manifest import DEFAULT_DIR as DEFAULT_EXPORT
+from ncis_deploy.exporters.manifest import ENGINE, ONNX, Export, open_export, sha256_file
 
-DEFAULT_EXPORT = "ncis_export"
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_WARMUP_MS = 200.0  # trtexec's default warm-up
 DEFAULT_DURATION_S = 2.0  # trtexec uses 3 s; 2 s keeps the zero-argument run on a 2-core CPU under 2 minutes
@@ -193,43 +193,17 @@ class Source:
     preset: str | None = None
     plugin: str = ""  # the export's GS runs as a TensorRT plugin node (onnxruntime cannot run it)
     plugin_libraries: tuple[str, ...] = ()
-
-
-def _sha(path: Path) -> str:
-    from ncis_deploy.exporters.pipeline import sha256_file
-
-    return sha256_file(path)
+    export: Export | None = None  # the opened export directory, when the source is one
 
 
 def load_export(d: Path, opts: BenchOptions) -> Source:
-    """Read and check an export directory; any problem is a one-line UserError naming the fix."""
+    """Open and check an export directory; any problem is a one-line UserError naming the fix."""
     from ncis_deploy.exporters.onnx import weights_sha256
-    from ncis_deploy.exporters.pipeline import ENGINE_NAME, MANIFEST, ONNX_NAME
-    from ncis_deploy.model.purifier import load_purifier
+    from ncis_deploy.model.purifier import DEFAULT_PRESET, load_purifier
 
-    fix = f"re-export it with: ncis-deploy export --out {d}"
-    if not d.exists():
-        raise UserError(f"export directory {d} does not exist; create it with: ncis-deploy export --out {d}")
-    if not d.is_dir():
-        raise UserError(f"{d} is not a directory; pass an export directory written by `ncis-deploy export`")
-    mpath = d / MANIFEST
-    if not mpath.is_file():
-        raise UserError(f"{d} is not an ncis-deploy export (no {MANIFEST}); {fix}")
-    try:
-        m = json.loads(mpath.read_text())
-        if m.get("format") != "ncis-deploy/export":
-            raise ValueError(f"format is {m.get('format')!r}")
-        arts = {a["file"]: a for a in m["artifacts"]}
-        config, shape = m["purifier"]["config"], m["input"]["shape"]
-        options = m.get("options", {})
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise UserError(f"{mpath} is corrupt or not an ncis-deploy manifest ({str(e).splitlines()[0][:120]}); "
-                        f"{fix}") from None
-    onnx_path = d / ONNX_NAME
-    if ONNX_NAME not in arts or not onnx_path.is_file():
-        raise UserError(f"export {d} has no {ONNX_NAME}; {fix}")
-    if _sha(onnx_path) != arts[ONNX_NAME].get("sha256"):
-        raise UserError(f"export {d} is corrupt: {ONNX_NAME} does not match the SHA-256 in {MANIFEST}; {fix}")
+    ex = open_export(d)
+    onnx_path = ex.path(ONNX)
+    config, shape, options = ex.config, ex.input_shape, ex.options
     fixed = all(isinstance(v, int) for v in shape[2:])
     if fixed:
         h, w = int(shape[2]), int(shape[3])
@@ -241,22 +215,21 @@ def load_export(d: Path, opts: BenchOptions) -> Source:
         h = opts.height or int(options.get("height", DEFAULT_HW))
         w = opts.width or int(options.get("width", DEFAULT_HW))
     src = Source(description=f"export {d}", config=config, height=h, width=w, fixed_hw=fixed, purifier=None,
-                 export_dir=d, weights_sha256=m["purifier"].get("weights_sha256"), onnx_path=onnx_path)
-    src.artifacts["onnxruntime"] = {"file": str(onnx_path), "sha256": arts[ONNX_NAME]["sha256"]}
-    plugin = m.get("plugin")
-    if isinstance(plugin, dict):
-        src.plugin = str(plugin.get("op_type", "plugin"))
-        lib = (plugin.get("library") or {}).get("path")
+                 export_dir=d, export=ex, weights_sha256=ex.manifest["purifier"].get("weights_sha256"),
+                 onnx_path=onnx_path)
+    src.artifacts["onnxruntime"] = {"file": str(onnx_path), "sha256": ex.artifacts[ONNX]["sha256"]}
+    if ex.plugin is not None:
+        src.plugin = str(ex.plugin.get("op_type", "plugin"))
+        lib = (ex.plugin.get("library") or {}).get("path")
         src.plugin_libraries = (str(lib),) if lib else ()
-    engine = d / ENGINE_NAME
-    if ENGINE_NAME in arts and engine.is_file():
-        src.engine_path = engine
+    if ex.has(ENGINE):
+        src.engine_path = d / ENGINE
     else:
-        why = m.get("tensorrt", {}).get("reason", "")
+        why = ex.manifest.get("tensorrt", {}).get("reason", "")
         src.engine_reason = f"export {d} has no TensorRT engine" + (f" ({why})" if why else "") + \
             f"; build one with: ncis-deploy export --tensorrt --out {d}"
     # torch: rebuild the purifier the export came from and check it is the same one (config and weights hash)
-    origin = m["purifier"].get("source", "ncis")
+    origin = ex.manifest["purifier"].get("source", DEFAULT_PRESET)
     try:
         p = load_purifier(origin if not str(origin).startswith("{") else config, weights=options.get("weights"))
         if p.config != config or weights_sha256(p) != src.weights_sha256:
@@ -290,26 +263,26 @@ def _preset_onnx(src: Source, tmp: Path) -> Path:
         import ncis_deploy
         from ncis_deploy.exporters.onnx import build_onnx
 
-        path = tmp / "purifier.onnx"
+        path = tmp / ONNX
         onnx.save(build_onnx(src.purifier, src.height, src.width, version=ncis_deploy.__version__), str(path))
         src.onnx_path = path
         src.artifacts["onnxruntime"] = {"file": f"built from preset {src.preset} at {src.height}x{src.width}",
-                                        "sha256": _sha(path)}
+                                        "sha256": sha256_file(path)}
     return src.onnx_path
 
 
-def _preset_engine(src: Source, tmp: Path, batches, say) -> Path:  # not verified here: needs TensorRT and a GPU
+def _preset_engine(src: Source, tmp: Path, batches, say) -> Path:  # needs TensorRT and a GPU (tensorrt-marked tests)
     if src.engine_path is None:
-        from ncis_deploy.exporters.tensorrt import EngineSpec, build_engine
+        from ncis_deploy.exporters.tensorrt import DEFAULT_TIMING_CACHE, EngineSpec, build_engine
 
         onnx_path = _preset_onnx(src, tmp)
         shape = lambda b: (b, 3, src.height, src.width)  # noqa: E731
         spec = EngineSpec(min_shape=shape(min(batches)), opt_shape=shape(max(batches)), max_shape=shape(max(batches)),
-                          timing_cache=Path.home() / ".cache" / "ncis-deploy" / "tensorrt-timing.cache")
+                          timing_cache=DEFAULT_TIMING_CACHE.expanduser())
         say(f"building a TensorRT engine for preset {src.preset} (batch {min(batches)}..{max(batches)})")
-        build_engine(onnx_path, tmp / "purifier.engine", spec, log=None)
-        src.engine_path = tmp / "purifier.engine"
-        src.artifacts["tensorrt"] = {"file": "built from the preset ONNX", "sha256": _sha(src.engine_path)}
+        build_engine(onnx_path, tmp / ENGINE, spec, log=None)
+        src.engine_path = tmp / ENGINE
+        src.artifacts["tensorrt"] = {"file": "built from the preset ONNX", "sha256": sha256_file(src.engine_path)}
     return src.engine_path
 
 
@@ -328,13 +301,8 @@ def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
         return _preset_engine(src, tmp, batches, say)
     if src.engine_path is None:
         raise UserError(src.engine_reason)
-    sha = _sha(src.engine_path)
-    from ncis_deploy.exporters.pipeline import ENGINE_NAME, MANIFEST
-
-    want = {a["file"]: a for a in json.loads((src.export_dir / MANIFEST).read_text())["artifacts"]}
-    if want.get(ENGINE_NAME, {}).get("sha256") != sha:
-        raise UserError(f"export {src.export_dir} is corrupt: {ENGINE_NAME} does not match the SHA-256 in {MANIFEST}; "
-                        f"re-export it with: ncis-deploy export --tensorrt --out {src.export_dir}")
+    src.export.path(ENGINE, f"re-export it with: ncis-deploy export --tensorrt --out {src.export_dir}")
+    sha = src.export.artifacts[ENGINE]["sha256"]
     src.artifacts["tensorrt"] = {"file": str(src.engine_path), "sha256": sha}
     return src.engine_path
 

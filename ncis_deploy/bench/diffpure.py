@@ -4,7 +4,7 @@ DiffPure's ImageNet setting runs the reverse diffusion of OpenAI guided-diffusio
 (`256x256_diffusion_uncond`: 256 base channels, channel multipliers 1, 1, 2, 2, 4, 4, two residual blocks per level,
 self-attention at 32², 16² and 8² with 64 channels per head, BigGAN-style up/down-sampling residual blocks,
 scale-shift norm, 6 output channels for the learned variance; ~552M parameters) for ~150 steps per image
-(/work/shared/REFERENCE.md §5). This module rebuilds that *architecture class* compactly — the same block types,
+(Nie et al. 2022, ImageNet setting t* = 0.15). This module rebuilds that *architecture class* compactly — the same block types,
 widths and resolutions — so its cost can be timed next to NCIS. It is **not** DiffPure: the weights are random, no
 SDE solver runs, and the cost of one network evaluation is multiplied by the step count. Every number it produces is
 labelled a stand-in.
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-DIFFPURE_STEPS = 150  # REFERENCE.md §5: ~150 reverse-diffusion steps at 256² per ImageNet image
+DIFFPURE_STEPS = 150  # DiffPure, ImageNet: t* = 0.15 of 1000 → ~150 reverse-diffusion steps at 256² per ImageNet image
 FULL_WIDTH = 256
 
 

@@ -30,79 +30,105 @@ def _ratio(v: float) -> str:
     return f"{v:,.0f}×" if v >= 100 else f"{v:.2f}×"
 
 
+_STATS = ("mean", "median", "p90", "p95", "p99", "min", "max")
+
+
 def render_markdown(report: dict) -> str:
-    s = report["settings"]
-    results, ctx = report["results"], report["context"]
-    gpu = any(r["h2d_ms"] is not None for r in results)
+    """The report as Markdown: heading, one latency table (measured rows, then stand-in context rows), then the
+    sections that only appear when they have content (comparisons, stages, stand-in context, skipped, warnings)."""
+    gpu = any(r["h2d_ms"] is not None for r in report["results"])  # the H2D/compute/D2H and CUDA memory columns
+    return "\n".join([*_heading(report), *_latency_table(report, gpu), *_comparison_section(report["comparisons"]),
+                      *_stage_section(report["results"]), *_stand_in_section(report["context"]), *_footer(report)])
+
+
+def _heading(report: dict) -> list[str]:
+    s, m = report["settings"], report["machine"]
     mode = (f"{s['iterations']} iterations" if s["iterations"] is not None else
             f"{s['duration_s']:g} s per case, at least {s['min_iterations']} iterations")
-    lines = [f"### ncis-deploy bench: {report['purifier']['source']}, {s['height']}×{s['width']}",
-             "",
-             f"{report['machine']['cpu']}, {report['machine']['cores']} cores"
-             + (f", {', '.join(report['machine']['gpus'])}" if report['machine']['gpus'] else ", no GPU")
-             + f"; warm-up {s['warmup_ms']:g} ms, {mode}"
-             + ("; backends interleaved (--vs)" if s["vs"] else "") + ". Latency per query of `batch` images.",
-             ""]
+    return [f"### ncis-deploy bench: {report['purifier']['source']}, {s['height']}×{s['width']}",
+            "",
+            f"{m['cpu']}, {m['cores']} cores"
+            + (f", {', '.join(m['gpus'])}" if m['gpus'] else ", no GPU")
+            + f"; warm-up {s['warmup_ms']:g} ms, {mode}"
+            + ("; backends interleaved (--vs)" if s["vs"] else "") + ". Latency per query of `batch` images.",
+            ""]
+
+
+def _latency_table(report: dict, gpu: bool) -> list[str]:
     head = ["backend", "batch", "iters", "img/s", "mean", "median", "p90", "p95", "p99", "min", "max", "CV"]
     if gpu:
         head += ["H2D", "compute", "D2H"]
     head += ["peak RSS MiB"] + (["CUDA max alloc MiB"] if gpu else []) + ["notes"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if h in ("backend", "notes") else "---:"
-                                                            for h in head) + "|"]
-    for r in results:
-        lat = r["latency_ms"]
-        notes = []
-        if lat["cv_pct"] > 10 or (lat["drift_pct"] or 0) > 10 or r["warnings"]:
-            notes.append("⚠ high variance" if any("unstable" in w or "drift" in w for w in r["warnings"])
-                         else "⚠ " + r["warnings"][0] if r["warnings"] else "")
-        if r["cuda_graph"]:
-            notes.append("CUDA graph")
-        if not r["data_transfers"]:
-            notes.append("no data transfers")
-        row = [f"{r['label']}", str(r["batch"]), str(r["iterations"]), f"{r['throughput_ips']:.3g}",
-               *(fmt_time(lat[k]) for k in ("mean", "median", "p90", "p95", "p99", "min", "max")),
-               f"{lat['cv_pct']:.1f}%"]
-        if gpu:
-            row += [fmt_time(r[k]["median"]) if r[k] else "–" for k in ("h2d_ms", "compute_ms", "d2h_ms")]
-        row += [_mib(r["memory"]["rss_peak_mib"])]
-        if gpu:
-            row += [_mib(r["memory"]["cuda_max_allocated_mib"])]
-        row += ["; ".join(n for n in notes if n)]
-        lines.append("| " + " | ".join(row) + " |")
-    for c in ctx:
-        lat = c["per_image_ms"]
-        row = [f"*{c['label']}*", "1", str(c["timed_steps"]), f"{c['throughput_ips']:.3g}",
-               *(fmt_time(lat[k]) for k in ("mean", "median", "p90", "p95", "p99", "min", "max")),
-               f"{lat['cv_pct']:.1f}%"]
-        if gpu:
-            row += ["–", "–", "–"]
-        row += [_mib(c["memory"]["rss_peak_mib"])]
-        if gpu:
-            row += [_mib(c["memory"]["cuda_max_allocated_mib"])]
-        row += [f"one step {fmt_time(c['step_ms']['median'])}, × {c['steps']} (extrapolated)"]
-        lines.append("| " + " | ".join(row) + " |")
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if h in ("backend", "notes") else "---:" for h in head) + "|"]
+    for r in report["results"]:
+        split = [fmt_time(r[k]["median"]) if r[k] else "–" for k in ("h2d_ms", "compute_ms", "d2h_ms")]
+        lines.append(_table_row(f"{r['label']}", r["batch"], r["iterations"], r["throughput_ips"], r["latency_ms"],
+                                split, r["memory"], _notes(r), gpu))
+    for c in report["context"]:  # the stand-in: per image, extrapolated from the timed steps
+        lines.append(_table_row(f"*{c['label']}*", 1, c["timed_steps"], c["throughput_ips"], c["per_image_ms"],
+                                ["–", "–", "–"], c["memory"],
+                                f"one step {fmt_time(c['step_ms']['median'])}, × {c['steps']} (extrapolated)", gpu))
+    return lines
 
-    if report["comparisons"]:
-        lines += ["", "**Interleaved comparison** (measured round-robin in one run; ratio = throughput of backend / "
-                      "throughput of the other, from median latencies; paired = per-round ratios):", "",
-                  "| backend | vs | batch | ratio | paired min – max | rounds |", "|---|---|---:|---:|---:|---:|"]
-        for c in report["comparisons"]:
-            lines.append(f"| {c['backend']} | {c['vs']} | {c['batch']} | **{_ratio(c['ratio'])}** | "
-                         f"{_ratio(c['paired']['min'])} – {_ratio(c['paired']['max'])} | {c['rounds']} |")
 
+def _table_row(label: str, batch: int, iters: int, ips: float, lat: dict, split: list[str], memory: dict, note: str,
+               gpu: bool) -> str:
+    """One row of the latency table; ``split`` (H2D, compute, D2H cells) and CUDA memory only in GPU reports."""
+    row = [label, str(batch), str(iters), f"{ips:.3g}", *(fmt_time(lat[k]) for k in _STATS), f"{lat['cv_pct']:.1f}%"]
+    if gpu:
+        row += split
+    row += [_mib(memory["rss_peak_mib"])]
+    if gpu:
+        row += [_mib(memory["cuda_max_allocated_mib"])]
+    row += [note]
+    return "| " + " | ".join(row) + " |"
+
+
+def _notes(r: dict) -> str:
+    lat = r["latency_ms"]
+    notes = []
+    if lat["cv_pct"] > 10 or (lat["drift_pct"] or 0) > 10 or r["warnings"]:
+        notes.append("⚠ high variance" if any("unstable" in w or "drift" in w for w in r["warnings"])
+                     else "⚠ " + r["warnings"][0] if r["warnings"] else "")
+    if r["cuda_graph"]:
+        notes.append("CUDA graph")
+    if not r["data_transfers"]:
+        notes.append("no data transfers")
+    return "; ".join(n for n in notes if n)
+
+
+def _comparison_section(comparisons: list[dict]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["", "**Interleaved comparison** (measured round-robin in one run; ratio = throughput of backend / "
+                 "throughput of the other, from median latencies; paired = per-round ratios):", "",
+             "| backend | vs | batch | ratio | paired min – max | rounds |", "|---|---|---:|---:|---:|---:|"]
+    for c in comparisons:
+        lines.append(f"| {c['backend']} | {c['vs']} | {c['batch']} | **{_ratio(c['ratio'])}** | "
+                     f"{_ratio(c['paired']['min'])} – {_ratio(c['paired']['max'])} | {c['rounds']} |")
+    return lines
+
+
+def _stage_section(results: list[dict]) -> list[str]:
     staged = [r for r in results if r["stages"]]
-    if staged:
-        lines += ["", "**Stages** (each stage on its own, on the real output of the stage before; median):", "",
-                  "| backend | batch | stage | median | share | whole purifier | sum of stages |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
-        for r in staged:
-            st = r["stages"]
-            for i, row in enumerate(st["rows"]):
-                whole = (fmt_time(st["whole_median_ms"]), fmt_time(st["sum_median_ms"])) if i == 0 else ("", "")
-                lines.append(f"| {r['label']} | {r['batch']} | {row['name']} | {fmt_time(row['latency_ms']['median'])}"
-                             f" | {row['share_pct']:.1f}% | {whole[0]} | {whole[1]} |")
+    if not staged:
+        return []
+    lines = ["", "**Stages** (each stage on its own, on the real output of the stage before; median):", "",
+             "| backend | batch | stage | median | share | whole purifier | sum of stages |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in staged:
+        st = r["stages"]
+        for i, row in enumerate(st["rows"]):
+            whole = (fmt_time(st["whole_median_ms"]), fmt_time(st["sum_median_ms"])) if i == 0 else ("", "")
+            lines.append(f"| {r['label']} | {r['batch']} | {row['name']} | {fmt_time(row['latency_ms']['median'])}"
+                         f" | {row['share_pct']:.1f}% | {whole[0]} | {whole[1]} |")
+    return lines
 
-    for c in ctx:
+
+def _stand_in_section(context: list[dict]) -> list[str]:
+    lines = []
+    for c in context:
         if c["relative_to_ncis"]:
             rel = " and ".join(f"{_ratio(x['ratio'])} ({x['label']}, batch {x['batch']})"
                                for x in c["relative_to_ncis"])
@@ -110,12 +136,18 @@ def render_markdown(report: dict) -> str:
                           f"{fmt_time(c['per_image_ms']['median'])} ({c['steps']} steps, extrapolated from "
                           f"{c['timed_steps']} timed step{'s' if c['timed_steps'] > 1 else ''}), i.e. {rel} the NCIS "
                           "per-image latency. Random weights: cost only, no purification."]
+    return lines
+
+
+def _footer(report: dict) -> list[str]:
+    """The skipped cases, then the report's warnings, each list after a blank line."""
+    lines = []
     if report["skipped"]:
         lines += [""] + [f"- skipped {s['backend']}" + (f" batch {s['batch']}" if s["batch"] else "")
                          + f": {s['reason']}" for s in report["skipped"]]
     if report["warnings"]:
         lines += [""] + [f"- ⚠ {w}" for w in report["warnings"]]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(report: dict, path: str | os.PathLike) -> Path:

@@ -7,13 +7,12 @@ query and returns its times in seconds:
 * CPU (torch, onnxruntime CPU): ``{"host"}``, the host clock around ``Runner.infer_impl`` (the input was checked
   once in ``prepare``; re-checking values every query would add a pass over the input to every timing).
 * GPU, as trtexec splits it: ``{"host", "h2d", "compute", "d2h"}``. torch and TensorRT: CUDA events on the stream
-  around each part, from pinned host memory (trtexec's setup). onnxruntime: the host clock around its synchronous
-  calls with IO binding (``OrtValue.update_inplace`` / ``run_with_iobinding`` / ``OrtValue.numpy``).
+  around each part, from pinned host memory (trtexec's setup). onnxruntime: the host clock around the three
+  synchronous calls of the runner's IO binding (:class:`~ncis_deploy.runners.onnxruntime.DeviceBinding`).
   ``data_transfers=False`` (``--no-data-transfers``) keeps input and output on the device and times compute only.
 
 The GPU adapters are written against the documented torch.cuda, onnxruntime IO-binding and cuda-python APIs and
-are **not verified** in this workplace (no GPU, TensorRT not installable); tests for them are marked ``gpu`` /
-``tensorrt``.
+are tested by the ``gpu`` / ``tensorrt``-marked tests where those exist (docs/status.md: where that has happened).
 """
 
 from __future__ import annotations
@@ -255,30 +254,21 @@ class OrtGpuTarget(Target):
     split = True
 
     def prepare(self, x: np.ndarray) -> None:
-        import onnxruntime as ort
-
         self.release()
         super().prepare(x)
-        r = self.runner
-        sess, dev_id = r.session, r.device_id
-        out_meta = sess.get_outputs()[0]
-        self.x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", dev_id)
-        y = sess.run([out_meta.name], {r.input_spec.name: x})[0]  # the output shape for this input
-        self.y_dev = ort.OrtValue.ortvalue_from_shape_and_type(list(y.shape), y.dtype.type, "cuda", dev_id)
-        self.binding = sess.io_binding()
-        self.binding.bind_ortvalue_input(r.input_spec.name, self.x_dev)
-        self.binding.bind_ortvalue_output(out_meta.name, self.y_dev)
-        sess.run_with_iobinding(self.binding)  # with enable_cuda_graph this first run captures the graph
+        # the runner's own binding, output preallocated: a CUDA graph replays with the addresses it captured
+        self.bound = self.runner.bind(x, fixed_output=True)
+        self.bound.run()  # with enable_cuda_graph this first run captures the graph
 
     def run_once(self) -> dict[str, float]:
         t0 = perf()
         if self.data_transfers:
-            self.x_dev.update_inplace(self.x)
+            self.bound.update(self.x)
         t1 = perf()
-        self.runner.session.run_with_iobinding(self.binding)
+        self.bound.run()
         t2 = perf()
         if self.data_transfers:
-            self.y_dev.numpy()
+            self.bound.output()
         t3 = perf()
         return {"host": t3 - t0, "h2d": t1 - t0, "compute": t2 - t1, "d2h": t3 - t2}
 
@@ -286,7 +276,7 @@ class OrtGpuTarget(Target):
         return MemoryProbe(scope, gpu=True)
 
     def release(self) -> None:
-        self.x_dev = self.y_dev = self.binding = None
+        self.bound = None
         super().release()
 
 

@@ -164,7 +164,7 @@ def mifgsm(f: Model, x, y, eps: float, steps: int = 10, alpha: float | None = No
            di_prob: float = 0.5, ti_size: int = 7, ti_sigma: float = 3.0, seed: int = 0, batch: int = 8,
            progress=None) -> AttackOutput:
     """MI-FGSM (Dong et al.) with DI (diverse inputs) and TI (translation-invariant, Gaussian-smoothed gradient):
-    the transfer attack. Defaults follow REFERENCE §5: 10 steps of eps/10, momentum 1.0, DI p=0.5.
+    the transfer attack. Defaults follow the MI-FGSM/DI papers: 10 steps of eps/10, momentum 1.0, DI p=0.5.
     ``di_prob=0`` turns DI off, ``ti_size<=1`` turns TI off."""
     check_eps(eps, "linf")
     alpha = eps / steps if alpha is None else alpha

@@ -7,7 +7,7 @@ Four sources (``load_classifier``):
   transfer surrogate;
 - ``package.module:factory``: any importable callable returning an ``nn.Module`` that takes [0, 1] images;
 - a TorchScript file (``.pt``/``.pth``/``.ts``, saved with ``torch.jit.save``);
-- an ``.onnx`` file, run by onnxruntime: no gradients, so only clean / parity / transfer evaluations.
+- an ``.onnx`` file, run by the onnxruntime runner: no gradients, so only clean / parity / transfer evaluations.
 """
 
 from __future__ import annotations
@@ -148,11 +148,12 @@ def efficientnet_lite0() -> EfficientNetLite0:
 # ------------------------------------------------------------------------------------------------------ wrapper
 @dataclass
 class Classifier:
-    """A loaded classifier. ``module`` is set for torch models (differentiable); ``onnx_session`` for ONNX ones."""
+    """A loaded classifier. ``module`` is set for torch models (differentiable); ``onnx_runner`` (an active
+    :class:`~ncis_deploy.runners.onnxruntime.OnnxRuntimeRunner`) for ONNX ones."""
 
     name: str
     module: nn.Module | None = None
-    onnx_session: object = None
+    onnx_runner: object = None
     num_classes: int | None = None
 
     @property
@@ -174,8 +175,7 @@ class Classifier:
             if self.module is not None:
                 outs.append(self.module(xb).float())
             else:
-                inp = self.onnx_session.get_inputs()[0].name
-                outs.append(torch.from_numpy(self.onnx_session.run(None, {inp: xb.numpy().astype(np.float32)})[0]))
+                outs.append(torch.from_numpy(self.onnx_runner.infer(xb.numpy().astype(np.float32))))
         return torch.cat(outs)
 
     def predict(self, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
@@ -211,15 +211,16 @@ def load_classifier(spec: str | nn.Module, device: str = "cpu") -> Classifier:
         path = Path(spec)
         if not path.is_file():
             raise UserError(f"ONNX classifier {path} does not exist")
-        import onnxruntime as ort
+        from ncis_deploy.runners import make_runner
 
+        runner = make_runner("onnxruntime", path, check_range=False)  # dtype, layout and size are checked, values not
         try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types for bad files
-            raise UserError(f"cannot load ONNX classifier {path}: {str(e).splitlines()[0]}") from None
-        out = sess.get_outputs()[0].shape
+            runner.activate()
+        except UserError as e:
+            raise UserError(f"cannot load ONNX classifier {path}: {e}") from None
+        out = runner.session.get_outputs()[0].shape
         k = out[-1] if out and isinstance(out[-1], int) else None
-        return Classifier(name=str(path), onnx_session=sess, num_classes=k)
+        return Classifier(name=str(path), onnx_runner=runner, num_classes=k)
     elif ":" in str(spec) and not Path(spec).exists():
         module, name = _from_import_path(str(spec)), str(spec)
     else:

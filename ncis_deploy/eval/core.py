@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -166,26 +165,80 @@ def _row(preset, attack, threat, eps, norm, steps, correct: torch.Tensor, metric
             "rate": float(correct.float().mean()) if n else float("nan"), "metric": metric, "note": note}
 
 
+class _StageClock:
+    """The progress callback of a run: each message starts a stage, and the time since the previous message is
+    charged to that previous stage (``timings``, the report's ``stage_seconds``)."""
+
+    def __init__(self, progress: Callable[[str], None] | None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.start = self._last = time.perf_counter()
+        self._stage: str | None = None
+
+    def __call__(self, msg: str) -> None:
+        now = time.perf_counter()
+        if self._stage is not None:
+            self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + now - self._last, 2)
+        self._stage, self._last = msg, now
+        if self.progress:
+            self.progress(msg)
+
+
+@dataclass
+class _Run:
+    """One evaluation: what its steps read (options with the attacks resolved, models, data, progress) and what they
+    accumulate (report rows, PGD trajectories, the clean purified images for parity, and the per-(preset, ε) correct
+    masks of purifier-blind PGD and of the transfer attack, for the sanity checks)."""
+
+    o: EvalOptions
+    clf: Classifier
+    surrogates: list[Classifier]
+    ds: EvalSet
+    purifiers: dict
+    say: Callable[[str], None]
+    bars: _Progress
+    rows: list[dict] = field(default_factory=list)
+    trajectories: dict[str, list[float]] = field(default_factory=dict)
+    purified_clean: dict[str, torch.Tensor] = field(default_factory=dict)
+    blind_correct: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    transfer_correct: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    sub_index: torch.Tensor | None = field(init=False)
+
+    def __post_init__(self):
+        # adaptive attacks backpropagate through the purifier: on CPU they get a subset spread over the set, and the
+        # purifier-blind figures are also reported on that same subset for the sanity check
+        adaptive = any(a in ADAPTIVE for a in self.o.attacks)
+        self.sub_index = subset_index(len(self.ds), self.o.adaptive_images) if adaptive else None
+
+
 def run_eval(o: EvalOptions, progress: Callable[[str], None] | None = None, bars: bool = False,
              command: str | None = None) -> dict:
     o = with_default_surrogates(o)
     check_options(o)
-    pb = _Progress(bars)
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    last = [t0]
-
-    def say(msg: str) -> None:
-        # each message starts a stage; the time since the previous one is charged to that previous stage
-        now = time.perf_counter()
-        if hasattr(say, "stage"):
-            timings[say.stage] = round(timings.get(say.stage, 0.0) + now - last[0], 2)
-        say.stage, last[0] = msg, now
-        if progress:
-            progress(msg)
-
+    say = _StageClock(progress)
     torch.manual_seed(o.seed)
+    o, clf, surrogates = _load_classifiers(o, say)
+    ds = load_eval_set(o, clf)
+    say(f"{len(ds)} images from {ds.source}; metric: {ds.metric}")
+    run = _Run(o, clf, surrogates, ds, _load_purifiers(o), say, _Progress(bars))
+    _measure_clean(run)
+    for attack in o.attacks:
+        _measure_attack(run, attack)
+    parity = run_parity(run.purifiers, run.purified_clean, ds, clf, o, say) if o.parity else []
+    report = _report(run, parity, command)
+    say("sanity checks")
+    report["sanity"] = sanity_checks(report, run.blind_correct, run.sub_index, run.transfer_correct)
+    report["stage_seconds"] = say.timings
+    report["wall_s"] = round(time.perf_counter() - say.start, 1)
+    for s in report["sanity"]:
+        if not s["ok"]:
+            log.warning("SANITY CHECK FAILED: %s: %s", s["check"], s["detail"])
+    return report
 
+
+def _load_classifiers(o: EvalOptions, say) -> tuple[EvalOptions, Classifier, list[Classifier]]:
+    """The target and the transfer surrogates, with ``o.attacks`` resolved when None; an attack that needs gradients
+    a model lacks is a UserError."""
     clf = load_classifier(o.classifier)
     if o.attacks is None:
         # an ONNX classifier has no gradients: by default it gets clean + parity (+ transfer with a surrogate);
@@ -199,89 +252,83 @@ def run_eval(o: EvalOptions, progress: Callable[[str], None] | None = None, bars
     surrogates = [load_classifier(s) for s in o.surrogates] if "transfer" in o.attacks else []
     for s in surrogates:
         s.require_gradients("a transfer-attack surrogate")
+    return o, clf, surrogates
+
+
+def _measure_clean(run: _Run) -> None:
+    for p, pur in run.purifiers.items():
+        run.say(f"clean: {p}")
+        xp = _purify(pur, run.ds.images, run.o.batch)
+        run.purified_clean[p] = xp
+        ok = run.clf.predict(xp, run.o.batch) == run.ds.labels
+        run.rows.append(_row(p, "clean", "clean", 0.0, "linf", 0, ok, run.ds.metric))
+
+
+def _measure_attack(run: _Run, attack: str) -> None:
+    """One attack at each of its ε: made once without the purifier and purified by every preset (purifier-blind,
+    transfer), or made through each preset (adaptive)."""
+    o = run.o
+    eps_list = [o.eps_l2] if attack == "pgd-l2" else list(o.adaptive_eps if attack in ADAPTIVE else o.eps)
+    for eps in eps_list:
+        if ATTACKS[attack][1] in ("classifier", "surrogate"):
+            _made_without_purifier(run, attack, eps)
+        else:
+            _made_through_purifier(run, attack, eps)
+
+
+def _made_without_purifier(run: _Run, attack: str, eps: float) -> None:
+    o, ds, clf = run.o, run.ds, run.clf
+    threat, grad_of = ATTACKS[attack]
+    norm = "l2" if attack == "pgd-l2" else "linf"
+    f = clf.module if grad_of == "classifier" else A.ensemble([s.module for s in run.surrogates])
+    steps = {"fgsm": 1, "transfer": o.transfer_steps, "mifgsm": o.transfer_steps}.get(attack, o.steps)
+    run.say(f"{attack} {_fmt_eps(eps, norm)}: making the adversarial examples ({steps} steps, "
+            f"{'surrogates' if grad_of == 'surrogate' else 'classifier alone'})")
+    with run.bars.bar(len(ds) * steps, f"{attack} {_fmt_eps(eps, norm)}") as bar:
+        out = _run_attack(attack, f, ds.images, ds.labels, eps, steps, o, bar.update)
+    made_on = "classifier" if grad_of == "classifier" else "surrogates"
+    run.trajectories[f"{attack}@{_fmt_eps(eps, norm)}|{made_on}"] = out.trajectory
     transfer_note = GHOST_NOTE if GHOST in o.surrogates and clf.name == "efficientnet-lite0" else ""
+    for p, pur in run.purifiers.items():
+        run.say(f"{attack} {_fmt_eps(eps, norm)}: purify with {p} and classify")
+        ok = clf.predict(_purify(pur, out.x_adv, o.batch), o.batch) == ds.labels
+        if attack in ("pgd", "transfer"):
+            (run.blind_correct if attack == "pgd" else run.transfer_correct)[(p, eps)] = ok
+        run.rows.append(_row(p, attack, threat, eps, norm, steps, ok, ds.metric,
+                             transfer_note if attack == "transfer" else ""))
 
-    ds = load_eval_set(o, clf)
-    y = ds.labels
-    say(f"{len(ds)} images from {ds.source}; metric: {ds.metric}")
 
-    purifiers = _load_purifiers(o)
-    rows: list[dict] = []
-    trajectories: dict[str, list[float]] = {}
-    purified_clean: dict[str, torch.Tensor] = {}
+def _made_through_purifier(run: _Run, attack: str, eps: float) -> None:
+    o, ds = run.o, run.ds
+    xs, ys = ds.images[run.sub_index], ds.labels[run.sub_index]
+    for p, pur in run.purifiers.items():
+        f = A.full_gradient(pur, run.clf.module) if attack == "adaptive" else A.bpda(pur, run.clf.module)
+        f = A.eot(f, o.eot)
+        with run.bars.bar(len(xs) * o.adaptive_steps, f"{attack} {_fmt_eps(eps)} {p}") as bar:
+            run.say(f"{attack} {_fmt_eps(eps)}: {p} ({len(xs)} images, {o.adaptive_steps} steps)")
+            out = A.pgd(f, xs, ys, eps, o.adaptive_steps, seed=o.seed, batch=o.batch, progress=bar.update)
+        run.trajectories[f"{attack}@{_fmt_eps(eps)}|{p}"] = out.trajectory
+        note = f"{len(xs)} of {len(ds)} images, {o.adaptive_steps} steps (cost)" if len(xs) < len(ds) else ""
+        run.rows.append(_row(p, attack, ATTACKS[attack][0], eps, "linf", o.adaptive_steps, out.correct, ds.metric,
+                             note))
 
-    # ---- clean
-    for p, pur in purifiers.items():
-        say(f"clean: {p}")
-        xp = _purify(pur, ds.images, o.batch)
-        purified_clean[p] = xp
-        rows.append(_row(p, "clean", "clean", 0.0, "linf", 0, clf.predict(xp, o.batch) == y, ds.metric))
 
-    # adaptive attacks backpropagate through the purifier: on CPU they get a subset spread over the set, and the
-    # purifier-blind figures are also reported on that same subset for the sanity check
-    sub_index = subset_index(len(ds), o.adaptive_images) if any(a in ADAPTIVE for a in o.attacks) else None
-
-    # (preset, eps) -> correct mask of purifier-blind PGD / of the transfer attack, for the sanity checks
-    blind_correct: dict[tuple, torch.Tensor] = {}
-    transfer_correct: dict[tuple, torch.Tensor] = {}
-    for attack in o.attacks:
-        threat, grad_of = ATTACKS[attack]
-        eps_list = [o.eps_l2] if attack == "pgd-l2" else list(o.adaptive_eps if attack in ADAPTIVE else o.eps)
-        norm = "l2" if attack == "pgd-l2" else "linf"
-        for eps in eps_list:
-            if grad_of in ("classifier", "surrogate"):
-                # one adversarial set, made without the purifier, then purified by every preset
-                f = clf.module if grad_of == "classifier" else A.ensemble([s.module for s in surrogates])
-                steps = {"fgsm": 1, "transfer": o.transfer_steps, "mifgsm": o.transfer_steps}.get(attack, o.steps)
-                say(f"{attack} {_fmt_eps(eps, norm)}: making the adversarial examples ({steps} steps, "
-                    f"{'surrogates' if grad_of == 'surrogate' else 'classifier alone'})")
-                with pb.bar(len(ds) * steps, f"{attack} {_fmt_eps(eps, norm)}") as bar:
-                    out = _run_attack(attack, f, ds.images, y, eps, steps, o, bar.update)
-                made_on = "classifier" if grad_of == "classifier" else "surrogates"
-                trajectories[f"{attack}@{_fmt_eps(eps, norm)}|{made_on}"] = out.trajectory
-                for p, pur in purifiers.items():
-                    say(f"{attack} {_fmt_eps(eps, norm)}: purify with {p} and classify")
-                    ok = clf.predict(_purify(pur, out.x_adv, o.batch), o.batch) == y
-                    if attack in ("pgd", "transfer"):
-                        (blind_correct if attack == "pgd" else transfer_correct)[(p, eps)] = ok
-                    rows.append(_row(p, attack, threat, eps, norm, steps, ok, ds.metric,
-                                     transfer_note if attack == "transfer" else ""))
-            else:
-                xs, ys = ds.images[sub_index], y[sub_index]
-                for p, pur in purifiers.items():
-                    f = A.full_gradient(pur, clf.module) if attack == "adaptive" else A.bpda(pur, clf.module)
-                    f = A.eot(f, o.eot)
-                    with pb.bar(len(xs) * o.adaptive_steps, f"{attack} {_fmt_eps(eps)} {p}") as bar:
-                        say(f"{attack} {_fmt_eps(eps)}: {p} ({len(xs)} images, {o.adaptive_steps} steps)")
-                        out = A.pgd(f, xs, ys, eps, o.adaptive_steps, seed=o.seed, batch=o.batch,
-                                    progress=bar.update)
-                    trajectories[f"{attack}@{_fmt_eps(eps)}|{p}"] = out.trajectory
-                    note = f"{len(xs)} of {len(ds)} images, {o.adaptive_steps} steps (cost)" if len(xs) < len(ds) \
-                        else ""
-                    rows.append(_row(p, attack, threat, eps, "linf", o.adaptive_steps, out.correct, ds.metric, note))
-
-    parity = run_parity(purifiers, purified_clean, ds, clf, o, say) if o.parity else []
-    report = {
+def _report(run: _Run, parity: list[dict], command: str | None) -> dict:
+    """The report without its sanity checks and timings (run_eval adds them last)."""
+    ds = run.ds
+    return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
-        "classifier": clf.name,
+        "classifier": run.clf.name,
         "data": {"source": ds.source, "images": len(ds), "metric": ds.metric,
-                 "adaptive_images": None if sub_index is None else len(sub_index)},
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
-        "rows": rows,
-        "trajectories": trajectories,
+                 "adaptive_images": None if run.sub_index is None else len(run.sub_index)},
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(run.o).items()},
+        "rows": run.rows,
+        "trajectories": run.trajectories,
         "parity": parity,
         "machine": {"cpu": cpu_model(), "isa": cpu_isa(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform()},
     }
-    say("sanity checks")
-    report["sanity"] = sanity_checks(report, blind_correct, sub_index, transfer_correct)
-    report["stage_seconds"] = timings
-    report["wall_s"] = round(time.perf_counter() - t0, 1)
-    for s in report["sanity"]:
-        if not s["ok"]:
-            log.warning("SANITY CHECK FAILED: %s: %s", s["check"], s["detail"])
-    return report
 
 
 def _run_attack(attack, f, x, y, eps, steps, o: EvalOptions, update):
@@ -299,23 +346,24 @@ def run_parity(purifiers, purified_clean, ds: EvalSet, clf: Classifier, o: EvalO
     """ORT (CPU) vs torch: the purified images, and the classifier's top-1 on each (goal: ≥ 99.9% agreement)."""
     from ncis_deploy.exporters.onnx import build_onnx
     from ncis_deploy.runners import make_runner
+    from ncis_deploy.runners.compare import compare
 
     out = []
-    with tempfile.TemporaryDirectory(prefix="ncis-eval-") as tmp:
-        for p, pur in purifiers.items():
-            if not pur.config["stages"]:
-                continue
-            say(f"parity: {p} (onnxruntime vs torch)")
-            path = Path(tmp) / f"{p}.onnx"
-            path.write_bytes(build_onnx(pur, o.size, o.size).SerializeToString())
-            with make_runner("onnxruntime", path) as r:
-                ort = torch.cat([torch.from_numpy(r.infer(ds.images[i : i + o.batch].numpy()))
-                                 for i in range(0, len(ds), o.batch)])
-            ref = purified_clean[p]
-            agree = clf.predict(ort, o.batch) == clf.predict(ref, o.batch)
-            out.append({"preset": p, "backend": "onnxruntime-cpu", "images": len(ds),
-                        "max_abs_diff": float((ort - ref).abs().max()), "top1_agreement": float(agree.float().mean()),
-                        "goal": 0.999, "ok": bool(agree.float().mean() >= 0.999)})
+    spans = [(i, i + o.batch) for i in range(0, len(ds), o.batch)]
+    cases = [(f"images {a}:{min(b, len(ds))}", ds.images[a:b].numpy()) for a, b in spans]
+    for p, pur in purifiers.items():
+        if not pur.config["stages"]:
+            continue
+        say(f"parity: {p} (onnxruntime vs torch)")
+        ref = purified_clean[p]
+        onnx_runner = make_runner("onnxruntime", build_onnx(pur, o.size, o.size).SerializeToString())
+        # torch's side is the purification eval already did: compared as recorded outputs, not computed again
+        result = compare({"torch": [ref[a:b].cpu().numpy() for a, b in spans], "onnxruntime": onnx_runner}, cases)
+        ort = torch.cat([torch.from_numpy(y) for y in result.outputs["onnxruntime"]])
+        agree = clf.predict(ort, o.batch) == clf.predict(ref, o.batch)
+        out.append({"preset": p, "backend": "onnxruntime-cpu", "images": len(ds),
+                    "max_abs_diff": result.pairs[0].max_abs, "top1_agreement": float(agree.float().mean()),
+                    "goal": 0.999, "ok": bool(agree.float().mean() >= 0.999)})
     return out
 
 

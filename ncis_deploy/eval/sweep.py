@@ -21,6 +21,7 @@ from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, _fmt_eps, _purify, check_options, load_eval_set
 
+DEFAULT_EPS = (8 / 255,)  # the sweep's one ε (it uses the first given): its axes are the purifier's parameters
 DEFAULT_GRID = {"kernel_size": (3, 5), "sigma": (0.5, 1.0, 2.0), "iterations": (1, 2, 5),
                 "bsn_iterations": (0, 1, 2)}
 _GRID_TYPES = {"kernel_size": int, "sigma": float, "iterations": int, "bsn_iterations": int}

@@ -26,6 +26,7 @@ from ncis_deploy.fileio import atomic_path
 
 SUPPORTED_MAJORS = (10, 11)
 INSTALL_HINT = "pip install 'ncis-deploy[trt]'"
+DEFAULT_TIMING_CACHE = Path("~/.cache/ncis-deploy/tensorrt-timing.cache")  # shared by every build on this machine
 
 Shape = tuple[int, int, int, int]
 
@@ -70,6 +71,11 @@ class EngineSpec:
         if self.exclude_lean_runtime and not self.version_compatible:
             raise UserError("excluding the lean runtime only applies to version-compatible engines; "
                             "also pass --version-compatible")
+
+    @property
+    def plugins_serialized(self) -> bool:
+        """Plugin libraries travel inside the engine only when it is version compatible."""
+        return bool(self.plugin_libraries) and self.version_compatible
 
 
 def _major(version: str) -> int:
@@ -263,6 +269,35 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     say = log or (lambda msg: None)
+    trt, version, major = _checked_tensorrt(onnx_path, spec, trt)
+    strongly_typed = major >= 11 or spec.strongly_typed
+    logger = _make_logger(trt, log)
+    builder, network, network_flags = _parse_network(trt, logger, onnx_path, spec, major, strongly_typed)
+    config, flags_set, flags_cleared = _builder_config(trt, builder, spec, strongly_typed)
+    cache_reused = _attach_timing_cache(config, spec.timing_cache, say) if spec.timing_cache is not None else False
+    say(f"TensorRT {version}: building the engine for {spec.min_shape}..{spec.max_shape} (can take minutes)")
+    data, seconds = _build_plan(builder, network, config, logger, onnx_path)
+    _write_engine(engine_path, data)
+    cache_saved = _save_timing_cache(config, spec.timing_cache, say) if spec.timing_cache is not None else False
+    return {
+        "tensorrt_version": version, "strongly_typed": strongly_typed, "network_flags": network_flags,
+        "builder_flags": flags_set, "cleared_builder_flags": flags_cleared,
+        "precision": "fp16" if spec.fp16_onnx else "fp32", "tf32": spec.tf32,
+        "profile": {"input": spec.input_name, "min": list(spec.min_shape), "opt": list(spec.opt_shape),
+                    "max": list(spec.max_shape)},
+        "workspace_bytes": int(spec.workspace_bytes), "version_compatible": spec.version_compatible,
+        "exclude_lean_runtime": spec.exclude_lean_runtime,
+        "timing_cache": str(spec.timing_cache) if spec.timing_cache is not None else None,
+        "timing_cache_reused": cache_reused, "timing_cache_saved": cache_saved, "build_seconds": round(seconds, 3),
+        "engine": str(engine_path), "engine_bytes": data.nbytes, "tensorrt_warnings": logger.warnings[-10:],
+        "plugin_libraries": [str(Path(p).resolve()) for p in spec.plugin_libraries],
+        "plugins_serialized": spec.plugins_serialized,
+    }
+
+
+def _checked_tensorrt(onnx_path: Path, spec: EngineSpec, trt) -> tuple[object, str, int]:
+    """Check the spec and the ONNX file, then ``(tensorrt module, version, major)``; ``trt=None`` imports TensorRT
+    and needs a GPU. Everything here fails before any TensorRT object is created."""
     spec.validate()
     if not onnx_path.is_file():
         raise UserError(f"ONNX file {onnx_path} does not exist; run `ncis-deploy export` first")
@@ -274,9 +309,12 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
     major = _major(version)
     if major not in SUPPORTED_MAJORS:
         raise UserError(f"TensorRT {version} is not supported; install TensorRT 10.x or 11.x ({INSTALL_HINT})")
-    strongly_typed = major >= 11 or spec.strongly_typed
+    return trt, version, major
 
-    logger = _make_logger(trt, log)
+
+def _parse_network(trt, logger, onnx_path: Path, spec: EngineSpec, major: int, strongly_typed: bool):
+    """``(builder, network, network creation flags)``: the ONNX parsed (plugin creators registered first) and its
+    input checked against the profile."""
     builder = trt.Builder(logger)
     if builder is None:
         raise EngineBuildError(f"TensorRT could not create a builder ({'; '.join(logger.errors) or 'no CUDA device?'})")
@@ -290,7 +328,12 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
     if not parser.parse_from_file(str(onnx_path)):  # from the file, so external-data weights resolve
         raise _parser_failure(parser, onnx_path)
     _check_input(network, spec)
+    return builder, network, network_flags
 
+
+def _builder_config(trt, builder, spec: EngineSpec, strongly_typed: bool) -> tuple[object, list[str], list[str]]:
+    """``(config, builder flags set, builder flags cleared)``: workspace, the one profile, precision and portability
+    flags, and the plugin libraries to serialise into the engine."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_bytes))
     profile = builder.create_optimization_profile()
@@ -310,12 +353,13 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
         if spec.exclude_lean_runtime:
             config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
             flags_set.append("EXCLUDE_LEAN_RUNTIME")
-    plugins_serialized = bool(spec.plugin_libraries) and spec.version_compatible
-    if plugins_serialized:
+    if spec.plugins_serialized:
         config.plugins_to_serialize = [str(Path(p).resolve()) for p in spec.plugin_libraries]
-    cache_reused = _attach_timing_cache(config, spec.timing_cache, say) if spec.timing_cache is not None else False
+    return config, flags_set, flags_cleared
 
-    say(f"TensorRT {version}: building the engine for {spec.min_shape}..{spec.max_shape} (can take minutes)")
+
+def _build_plan(builder, network, config, logger, onnx_path: Path) -> tuple[memoryview, float]:
+    """The serialized engine (never empty) and the seconds the build took."""
     t0 = time.perf_counter()
     try:
         plan = builder.build_serialized_network(network, config)
@@ -328,35 +372,13 @@ def build_engine(onnx_path, engine_path, spec: EngineSpec, trt=None, log: Callab
         detail = " | ".join(logger.errors[-3:]) or "TensorRT logged no error"
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path}: {detail}; "
                                "check the workspace size (--workspace) and the profile shapes")
+    return data, seconds
 
+
+def _write_engine(engine_path: Path, data: memoryview) -> None:
     try:
         engine_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(engine_path) as tmp:
             tmp.write_bytes(data)
     except OSError as e:
         raise UserError(f"cannot write the TensorRT engine to {engine_path}: {e.strerror or e}") from None
-    cache_saved = _save_timing_cache(config, spec.timing_cache, say) if spec.timing_cache is not None else False
-
-    return {
-        "tensorrt_version": version,
-        "strongly_typed": strongly_typed,
-        "network_flags": network_flags,
-        "builder_flags": flags_set,
-        "cleared_builder_flags": flags_cleared,
-        "precision": "fp16" if spec.fp16_onnx else "fp32",
-        "tf32": spec.tf32,
-        "profile": {"input": spec.input_name, "min": list(spec.min_shape), "opt": list(spec.opt_shape),
-                    "max": list(spec.max_shape)},
-        "workspace_bytes": int(spec.workspace_bytes),
-        "version_compatible": spec.version_compatible,
-        "exclude_lean_runtime": spec.exclude_lean_runtime,
-        "timing_cache": str(spec.timing_cache) if spec.timing_cache is not None else None,
-        "timing_cache_reused": cache_reused,
-        "timing_cache_saved": cache_saved,
-        "build_seconds": round(seconds, 3),
-        "engine": str(engine_path),
-        "engine_bytes": data.nbytes,
-        "tensorrt_warnings": logger.warnings[-10:],
-        "plugin_libraries": [str(Path(p).resolve()) for p in spec.plugin_libraries],
-        "plugins_serialized": plugins_serialized,
-    }

@@ -196,7 +196,7 @@ def _identity_model(io: tuple, opset: int) -> onnx.ModelProto:
 
 def classifier_model(classifier: onnx.ModelProto, mean, std, opset: int) -> onnx.ModelProto:
     """The classifier behind its normalisation, input ``input`` in [0, 1], output ``logits``."""
-    from ncis_deploy.exporters.pipeline import merge_classifier
+    from ncis_deploy.exporters.classifier import merge_classifier
 
     cin = _batched(onnx_io(classifier)["inputs"], "--classifier")[0]
     merged = merge_classifier(_identity_model(cin, opset), classifier, mean, std)

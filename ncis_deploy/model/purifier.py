@@ -193,14 +193,17 @@ def save_bsn_weights(path, bsn: FBINet, extra_metadata: dict[str, str] | None = 
     save_safetensors(path, bsn.state_dict(), meta)
 
 
+DEFAULT_PRESET = "ncis"  # what a purifier source of None means, everywhere
+
+
 def resolve_config(name_or_path: str | os.PathLike | dict | None = None,
                    weights: str | os.PathLike | None = None) -> tuple[dict, Path | None]:
     """Turn a preset name, a purifier directory, a config JSON file or a dict into (config, weights path).
 
-    ``None`` means the ``ncis`` preset. ``weights`` (a .safetensors file or a purifier directory) overrides the BSN
+    ``None`` means :data:`DEFAULT_PRESET`. ``weights`` (a .safetensors file or a purifier directory) overrides the BSN
     weights; a config without a ``bsn`` entry takes the architecture recorded in the weights file.
     """
-    src = "ncis" if name_or_path is None else name_or_path
+    src = DEFAULT_PRESET if name_or_path is None else name_or_path
     wpath: Path | None = None
     if isinstance(src, dict):
         config = dict(src)
@@ -237,7 +240,7 @@ def resolve_config(name_or_path: str | os.PathLike | dict | None = None,
     return normalize_config(config), (wpath if has_bsn else None)
 
 
-def load_purifier(name_or_path: str | os.PathLike | dict | None = "ncis", device: str | torch.device = "cpu",
+def load_purifier(name_or_path: str | os.PathLike | dict | None = None, device: str | torch.device = "cpu",
                   weights: str | os.PathLike | None = None, fused_gs: bool = True) -> Purifier:
     """Build an eval-mode :class:`Purifier` from a preset name (``none``, ``gs``, ``ncis``), a directory written by
     ``ncis-deploy train``, a config JSON file or a config dict."""

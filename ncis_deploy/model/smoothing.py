@@ -90,7 +90,7 @@ def smooth_fused(x: torch.Tensor, kernel_size: int, sigma: float, iterations: in
     return torch.matmul(torch.matmul(mh, x), mw.transpose(0, 1))
 
 
-BACKENDS = ("auto", "matmul", "iterative", "cuda")
+GS_IMPLEMENTATIONS = ("auto", "matmul", "iterative", "cuda")  # how GaussianSmoothing computes, not where a purifier is deployed
 log = logging.getLogger(__name__)
 
 
@@ -116,8 +116,8 @@ class GaussianSmoothing(torch.nn.Module):
     def set_backend(self, backend: str | None) -> None:
         if backend is None:
             backend = "matmul" if self.fused else "iterative"
-        if backend not in BACKENDS:
-            raise UserError(f"GS backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend not in GS_IMPLEMENTATIONS:
+            raise UserError(f"GS backend must be one of {', '.join(GS_IMPLEMENTATIONS)}, got {backend!r}")
         self.backend = backend
 
     def _cpu_form(self):

@@ -1,12 +1,16 @@
 """Backends that run a purifier artifact: one module per backend, one :class:`Runner` interface.
 
 >>> from ncis_deploy.runners import make_runner
->>> with make_runner("onnxruntime", "purifier.onnx") as r:      # or "torch" with a preset, "tensorrt" with a .engine
-...     y = r.infer(x)                                            # float32 NCHW in [0, 1] -> same shape
+>>> with make_runner("onnxruntime", "export/model.onnx") as r:  # or "torch" with a preset, "tensorrt" with a .engine
+...     y = r.infer(x)                                          # float32 NCHW in [0, 1] -> same shape
 
 This package adds no heavy import of its own: onnxruntime, tensorrt and cuda-python are imported by the backend
 module that needs them, when a runner is activated, so a machine without TensorRT can still run the ONNX path.
 (torch is imported by ``ncis_deploy`` itself; the torch-free path is ``export/python/purify_onnx.py``.)
+
+Checking is done with runners too: ``make_runner("reference", model)`` runs a graph on onnx's reference evaluator
+(plugin graphs included), and :func:`ncis_deploy.runners.compare.compare` runs the same cases through several
+runners and reports their differences; every parity figure of the package comes from it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from ncis_deploy.errors import UserError
 from ncis_deploy.runners.base import (InactiveRunnerError, InputSpec, Runner, RunnerInputError, check_input,
                                       input_spec_from_onnx)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")  # what an artifact is deployed on
+REFERENCE = "reference"  # onnx's reference evaluator: checks a graph (even a plugin one), too slow to deploy
 ALIASES = {"pytorch": "torch", "ort": "onnxruntime", "trt": "tensorrt"}
 
 # backend -> (module, class); the module is imported only when that backend is asked for
@@ -25,6 +30,7 @@ _CLASSES = {
     "torch": ("ncis_deploy.runners.torch", "TorchRunner"),
     "onnxruntime": ("ncis_deploy.runners.onnxruntime", "OnnxRuntimeRunner"),
     "tensorrt": ("ncis_deploy.runners.tensorrt", "TensorRTRunner"),
+    REFERENCE: ("ncis_deploy.runners.reference", "ReferenceRunner"),
 }
 
 
@@ -32,18 +38,21 @@ def make_runner(backend: str, artifact=None, *, device: str = "cpu", providers=N
     """Build an (inactive) runner.
 
     ``artifact`` is a purifier preset / directory / config for ``torch`` (None = the ``ncis`` preset), an ``.onnx``
-    file for ``onnxruntime`` and a serialized engine for ``tensorrt``. ``device`` picks cpu/cuda for torch and,
-    when ``providers`` is not given, the onnxruntime provider; TensorRT always runs on the current CUDA device.
-    Extra keyword arguments go to the runner class.
+    file (or its bytes) for ``onnxruntime`` and ``reference``, a serialized engine for ``tensorrt``. ``device``
+    picks cpu/cuda for torch and, when ``providers`` is not given, the onnxruntime provider; TensorRT always runs on
+    the current CUDA device, the reference evaluator on the CPU. Extra keyword arguments go to the runner class.
     """
     key = ALIASES.get(str(backend).lower(), str(backend).lower())
-    if key not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if key not in _CLASSES:
+        raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)} (or {REFERENCE!r}, "
+                        "onnx's reference evaluator, to check a graph)")
     if providers is not None and key != "onnxruntime":
         raise UserError(f"providers only apply to the onnxruntime backend, not {key}")
     if key != "torch" and artifact is None:
-        what = "an .onnx file" if key == "onnxruntime" else "a serialized TensorRT engine"
+        what = "a serialized TensorRT engine" if key == "tensorrt" else "an .onnx file"
         raise UserError(f"the {key} backend needs {what} to run; export one first")
+    if key == REFERENCE and str(device) != "cpu":
+        raise UserError(f"the {REFERENCE} backend runs on the CPU only, not {device}")
     module, cls_name = _CLASSES[key]
     cls = getattr(importlib.import_module(module), cls_name)
     if key == "torch":
@@ -64,5 +73,5 @@ def _device_index(device: str) -> int:
         raise UserError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'") from None
 
 
-__all__ = ["ALIASES", "BACKENDS", "InactiveRunnerError", "InputSpec", "Runner", "RunnerInputError", "check_input",
-           "input_spec_from_onnx", "make_runner"]
+__all__ = ["ALIASES", "BACKENDS", "REFERENCE", "InactiveRunnerError", "InputSpec", "Runner", "RunnerInputError",
+           "check_input", "input_spec_from_onnx", "make_runner"]

@@ -1,13 +1,12 @@
 """The TensorRT backend: a serialized engine run with the TensorRT runtime and cuda-python for GPU memory.
 
-Not verified on real TensorRT in this workplace: no machine here has a GPU or can install TensorRT. The code is
-written against the documented APIs — TensorRT 10/11 Python runtime (``Runtime.deserialize_cuda_engine``,
+Written against the documented APIs — TensorRT 10/11 Python runtime (``Runtime.deserialize_cuda_engine``,
 ``create_execution_context``, tensors addressed by name: ``num_io_tensors`` / ``get_tensor_name`` /
 ``get_tensor_mode`` / ``get_tensor_dtype``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``;
 binding indices were removed in 10.0) and cuda-python's ``cuda.bindings.runtime`` (the API NVIDIA's own TensorRT
 samples use since 10.14; pycuda is not used because it does not build everywhere). Every cuda-python call returns
 ``(err, value...)``; :func:`cuda_check` turns a non-success code into a RuntimeError naming the call. The
-``tensorrt``-marked tests exercise it on a machine that has both.
+``tensorrt``-marked tests exercise it where both are installed; docs/status.md says where that has happened.
 
 Per ``infer``: set the input shape (only when it changed), grow the device buffers if needed, copy the input to the
 device, run ``execute_async_v3`` (or launch the CUDA graph captured for this shape), copy the output back, sync.
