@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,serve]'
+	$(BIN)/python -m pip install -q -e '.[dev,serve,openvino]'
 	# the peer PGD for the cross-check test; --no-deps because it pins an old requests and wants torchvision,
 	# neither of which its attacks need
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
@@ -46,7 +46,7 @@ $(VENV2)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV2)
 	$(VENV2)/bin/python -m pip install -q --upgrade pip
 	$(VENV2)/bin/python -m pip install -q $(TORCH)
-	$(VENV2)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV2)/bin/python -m pip install -q -e '.[dev,openvino]'
 	$(VENV2)/bin/python -m pip install -q --no-deps torchattacks==3.5.1
 	touch $@
 

@@ -1,4 +1,4 @@
-"""``ncis-deploy doctor``: which backends really work on this machine, and why not.
+"""``ncis-deploy doctor``: which backends really work on this machine, and why not; the CPU's ISA and native precisions.
 
 The lists packages print are not enough: ``onnxruntime.get_available_providers()`` names CUDA whenever the GPU
 build is installed, even when its CUDA/cuDNN libraries are missing and every session silently runs on CPU. So for
@@ -47,6 +47,23 @@ def cpu_isa() -> list[str]:
     except OSError:
         pass
     return []
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native BF16 dot products (AVX512-BF16, AMX)
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # INT8 dot products in one instruction (VNNI, AMX)
+
+
+def native_precisions(isa: list[str] | None = None) -> list[str]:
+    """The precisions this CPU computes natively: f32 always, bf16 with BF16_FLAGS, int8 (the fast path) with
+    INT8_FLAGS. Without them a runtime emulates bf16 (or falls back to f32) and runs int8 on slower multi-instruction
+    kernels. ``isa`` defaults to :func:`cpu_isa`."""
+    isa = cpu_isa() if isa is None else isa
+    out = ["f32"]
+    if any(f in isa for f in BF16_FLAGS):
+        out.append("bf16")
+    if any(f in isa for f in INT8_FLAGS):
+        out.append("int8")
+    return out
 
 
 def cpu_record() -> dict:
@@ -157,6 +174,37 @@ def _onnxruntime() -> dict:
     return out
 
 
+def _cpu() -> dict:
+    isa = cpu_isa()
+    return {"model": cpu_model(), "isa": isa, "native_precisions": native_precisions(isa), "cores": os.cpu_count()}
+
+
+def _openvino() -> dict:
+    """The openvino package, its devices with their OPTIMIZATION_CAPABILITIES, and a live CPU compile-and-run."""
+    mod, why = _import("openvino")
+    if mod is None:
+        return {"installed": False, "error": why}
+    out: dict[str, Any] = {"installed": True, "version": _dist_version("openvino") or getattr(mod, "__version__", "?"),
+                           "devices": {}, "live": False}
+    try:
+        core = mod.Core()
+        for dev in core.available_devices:
+            try:
+                caps = [str(c) for c in core.get_property(dev, "OPTIMIZATION_CAPABILITIES")]
+            except Exception as e:
+                caps = [f"? ({_err(e)})"]
+            out["devices"][dev] = caps
+        import numpy as np
+
+        compiled = core.compile_model(core.read_model(_tiny_onnx()), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        y = compiled.create_infer_request().infer({0: np.zeros((1, 4), np.float32)})[compiled.output(0)]
+        out["live"] = bool(np.allclose(y, 1.0))
+        out["detail"] = "live CPU compile ran" if out["live"] else f"wrong result: {np.ravel(y).tolist()}"
+    except Exception as e:
+        out["detail"] = _err(e)
+    return out
+
+
 def _tensorrt() -> dict:
     mod, why = _import("tensorrt")
     if mod is None:
@@ -223,6 +271,19 @@ def _backends(r: dict) -> dict:
         out["tensorrt"] = {"usable": False, "reason": f"no CUDA device ({cp.get('error') or '0 devices'})"}
     else:
         out["tensorrt"] = {"usable": True, "reason": f"TensorRT {trt['version']}, {cp['device_count']} CUDA device(s)"}
+
+    ov, cpu = r.get("openvino", {}), r.get("cpu", {})
+    if not ov.get("installed"):
+        out["openvino"] = {"usable": False, "reason": "the openvino package is not installed: "
+                                                      "pip install 'ncis-deploy[openvino]'"}
+    elif not ov.get("live"):
+        out["openvino"] = {"usable": False, "reason": f"no live CPU model ({ov.get('detail', '?')})"}
+    else:
+        native = cpu.get("native_precisions", ["f32"])
+        int8 = "int8 (Q/DQ artifact)" if "int8" in native else "int8 (Q/DQ artifact; no VNNI/AMX: the slow path)"
+        runs = ["f32"] + (["bf16"] if "bf16" in native else []) + [int8]
+        out["openvino"] = {"usable": True, "reason": f"OpenVINO {ov.get('version')} on CPU: {', '.join(runs)}; auto = "
+                                                     f"{'bf16' if 'bf16' in native else 'f32'}"}
     return out
 
 
@@ -230,8 +291,8 @@ def report() -> dict:
     """Everything the doctor knows, as plain JSON-able data. Never raises."""
     r: dict[str, Any] = {"python": {"version": platform.python_version(), "executable": sys.executable,
                                     "platform": platform.platform()}}
-    for key, fn in (("torch", _torch), ("onnx", lambda: _simple("onnx")), ("onnxruntime", _onnxruntime),
-                    ("tensorrt", _tensorrt), ("cuda_python", _cuda_python), ("serve", _serve)):
+    for key, fn in (("cpu", _cpu), ("torch", _torch), ("onnx", lambda: _simple("onnx")), ("onnxruntime", _onnxruntime),
+                    ("tensorrt", _tensorrt), ("cuda_python", _cuda_python), ("openvino", _openvino), ("serve", _serve)):
         try:
             r[key] = fn()
         except Exception as e:  # a bug in a probe must not hide the other sections
@@ -240,7 +301,7 @@ def report() -> dict:
         r["backends"] = _backends(r)
     except Exception as e:
         r["backends"] = {b: {"usable": False, "reason": f"doctor bug: {_err(e)}"}
-                         for b in ("torch", "onnxruntime", "tensorrt")}
+                         for b in ("torch", "onnxruntime", "tensorrt", "openvino")}
     return r
 
 
@@ -269,6 +330,12 @@ def _simple(name: str) -> dict:
 def render(r: dict) -> str:
     """A human table of :func:`report`'s result."""
     rows: list[tuple[str, str]] = [("python", f"{r['python']['version']} ({r['python']['executable']})")]
+    cpu = r.get("cpu", {})
+    if cpu.get("model"):
+        rows.append(("cpu", f"{cpu['model']}, {cpu.get('cores', '?')} cores"))
+        rows.append(("  ISA", ", ".join(cpu.get("isa", [])) or "none of " + ", ".join(ISA_FLAGS)))
+        rows.append(("  native precisions", ", ".join(cpu.get("native_precisions", ["f32"]))
+                     + f"   (bf16: {' or '.join(BF16_FLAGS)}; int8 fast path: {' or '.join(INT8_FLAGS)})"))
 
     def pkg(key: str, label: str, extra: str = "") -> None:
         d = r.get(key, {})
@@ -293,6 +360,13 @@ def render(r: dict) -> str:
     c = r.get("cuda_python", {})
     pkg("cuda_python", "cuda-python", f"   CUDA devices: {c.get('device_count', 0)}"
         + (f" ({c['error']})" if c.get("error") and c.get("installed") else ""))
+
+    ov = r.get("openvino", {})
+    pkg("openvino", "openvino")
+    for dev, caps in ov.get("devices", {}).items():
+        rows.append((f"  {dev}", "capabilities: " + ", ".join(caps)))
+    if ov.get("installed") and not ov.get("live"):
+        rows.append(("  CPU compile", f"NOT live — {ov.get('detail', '?')}"))
 
     sv = r.get("serve", {})
     rows.append(("nvidia-pytriton", f"{sv['version']}   (`serve` usable)" if sv.get("usable")

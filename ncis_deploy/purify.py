@@ -10,7 +10,7 @@ import torch
 
 from ncis_deploy.data import IMAGE_EXTENSIONS, bundled_photos, load_image
 from ncis_deploy.errors import UserError
-from ncis_deploy.exporters.manifest import BACKEND_ARTIFACT, DEFAULT_DIR
+from ncis_deploy.exporters.manifest import BACKEND_ARTIFACT, DEFAULT_DIR, ONNX_INT8
 from ncis_deploy.fileio import atomic_path, ensure_writable_dir
 
 
@@ -40,25 +40,41 @@ def save_png(path: Path, img: torch.Tensor) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
+def side_by_side_image(x: np.ndarray, y: np.ndarray, gap: int = 4) -> torch.Tensor:
+    """Input | purified ([3, H, W] each, [0, 1]) at the same scale, a white gap between them."""
+    a, b = torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(np.asarray(y, dtype=np.float32))
+    return torch.cat([a, torch.ones(3, a.shape[1], gap), b], dim=2)
+
+
 DEFAULT_ARTIFACTS = {b: Path(DEFAULT_DIR) / name for b, name in BACKEND_ARTIFACT.items()}  # where `export` writes
 
 
 def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None, device: str = "cpu",
                  backend: str = "torch", model: os.PathLike | None = None,
-                 plugin_libraries: tuple[os.PathLike, ...] = ()) -> list[Path]:
+                 plugin_libraries: tuple[os.PathLike, ...] = (), precision: str = "auto",
+                 side_by_side: bool = False) -> list[Path]:
     """Purify image files / folders (none: the bundled hold-out photos) into PNGs under ``out`` via one backend.
 
     ``source``/``weights`` pick the purifier for the torch backend; ``model`` is the exported artifact (.onnx or
-    .engine) for the others, by default the one ``ncis-deploy export`` wrote into ./ncis_export/.
+    .engine) for the others, by default the one ``ncis-deploy export`` wrote into ./ncis_export/ (for openvino at
+    ``precision`` int8: the quantized one). ``precision`` (auto, f32, bf16, int8) applies to openvino only.
+    ``side_by_side`` also writes ``NAME_compare.png``: the input and the purified image side by side, same scale.
     """
     from tqdm.auto import tqdm
 
     from ncis_deploy.runners import make_runner
 
     items = _collect(inputs)
+    if side_by_side:
+        clash = sorted({n for n, _ in items} & {f"{n}_compare" for n, _ in items})
+        if clash:
+            raise UserError(f"--side-by-side would overwrite the purified {clash[0]}.png with another image's "
+                            "comparison; rename that input")
+    if backend != "openvino" and precision != "auto":
+        raise UserError(f"--precision only applies to the openvino backend, not {backend}")
     if backend == "torch":
         if model is not None:
-            raise UserError("--model is for the onnxruntime and tensorrt backends; the torch backend takes "
+            raise UserError("--model is for the onnxruntime, openvino and tensorrt backends; the torch backend takes "
                             "--preset/--config/--weights")
         runner = make_runner("torch", source, device=device, weights=weights)
     else:
@@ -66,6 +82,8 @@ def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None
             raise UserError(f"--preset/--config/--weights only apply to the torch backend; the {backend} backend runs "
                             "the exported artifact given with --model")
         artifact = Path(model) if model is not None else DEFAULT_ARTIFACTS.get(backend)
+        if model is None and backend == "openvino" and precision == "int8":
+            artifact = Path(DEFAULT_DIR) / ONNX_INT8
         if artifact is not None and not artifact.exists():
             raise UserError(f"{artifact} does not exist; run `ncis-deploy export` first or pass --model")
         if plugin_libraries and backend != "tensorrt":
@@ -73,6 +91,8 @@ def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None
         kw = {"providers": "tensorrt"} if backend == "onnxruntime" and device == "tensorrt" else {}
         if plugin_libraries:
             kw["plugin_libraries"] = tuple(plugin_libraries)
+        if backend == "openvino":
+            kw["precision"] = precision
         runner = make_runner(backend, artifact, device="cuda" if device == "tensorrt" else device, **kw)
     written = []
     with runner:  # loading happens here: a bad artifact fails before anything is written
@@ -86,5 +106,7 @@ def purify_paths(inputs: list[Path], out: os.PathLike, source=None, weights=None
                 raise UserError(f"{name}: {e}") from None
             dest = Path(out) / f"{name}.png"
             save_png(dest, torch.from_numpy(y[0]))
+            if side_by_side:
+                save_png(Path(out) / f"{name}_compare.png", side_by_side_image(x[0], y[0]))
             written.append(dest)
     return written

@@ -11,12 +11,19 @@ import torch
 from ncis_deploy.model.smoothing import smooth_fused
 
 HOLDOUT_NOISE = 8.0 / 255.0  # stand-in for a zero-mean perturbation of an L∞ 8/255 attack's size
+LOW_PRECISION_PSNR_DB = 45.0  # the guard every BF16/INT8 result must meet against FP32 (export, bench, eval)
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     """PSNR in dB for images in [0, 1] (averaged MSE over the whole tensor)."""
     mse = torch.mean((x.double() - ref.double()) ** 2).item()
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def psnr_or_none(x, ref) -> float | None:
+    """:func:`psnr` of arrays or tensors; None when they are identical (infinite: JSON has no infinity)."""
+    v = psnr(torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(ref)))
+    return None if math.isinf(v) else v
 
 
 def add_noise(clean: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:

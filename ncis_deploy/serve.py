@@ -50,7 +50,8 @@ class ServeOptions:
     queue_delay_us: int = 100
     backend: str = "onnxruntime"
     device: str = "cpu"  # onnxruntime: cpu or cuda[:N]
-    threads: int | None = None  # intra-op threads per ONNX Runtime instance; None: cores / instances
+    threads: int | None = None  # threads per ONNX Runtime / OpenVINO instance; None: cores / instances
+    precision: str = "auto"  # openvino only: auto, f32, bf16 or int8 (int8 serves the export's quantized ONNX)
     verbose: bool = False  # show tritonserver's own log
 
 
@@ -102,12 +103,12 @@ def python_library_env() -> dict[str, str]:
     return {"LD_LIBRARY_PATH": ":".join(parts)}
 
 
-def read_export(export_dir: str | os.PathLike, backend: str) -> tuple[Export, Path]:
-    """The opened export and the (verified) artifact ``backend`` serves."""
+def read_export(export_dir: str | os.PathLike, backend: str, precision: str | None = None) -> tuple[Export, Path]:
+    """The opened export and the (verified) artifact ``backend`` serves (at ``precision``, for openvino)."""
     if backend not in BACKEND_ARTIFACT:
         raise UserError(f"--backend must be one of {', '.join(BACKEND_ARTIFACT)}, got {backend!r}")
     ex = open_export(export_dir)
-    return ex, ex.artifact_for(backend)
+    return ex, ex.artifact_for(backend, precision)
 
 
 # --------------------------------------------------------------------------------------------------- server
@@ -130,7 +131,9 @@ class PurifierServer:
                 raise UserError(f"{what} must be >= 1, got {v}")
         if o.queue_delay_us < 0:
             raise UserError(f"--queue-delay-us must be >= 0, got {o.queue_delay_us}")
-        export, artifact = read_export(o.export_dir, o.backend)
+        if o.backend != "openvino" and o.precision != "auto":
+            raise UserError(f"--precision only applies to the openvino backend, not {o.backend}")
+        export, artifact = read_export(o.export_dir, o.backend, o.precision)
         check_ports(o.host, {"http": o.http_port, "grpc": o.grpc_port, "metrics": o.metrics_port})
         pytriton_version = require_pytriton()
         env = python_library_env()
@@ -152,7 +155,10 @@ class PurifierServer:
 
         o = self.opts
         threads = o.threads or max(1, (os.cpu_count() or 1) // o.instances)
-        kw = {"threads": threads, "check_range": False} if o.backend == "onnxruntime" else {"check_range": False}
+        kw = {"threads": threads, "check_range": False} if o.backend in ("onnxruntime", "openvino") \
+            else {"check_range": False}
+        if o.backend == "openvino":
+            kw["precision"] = o.precision
         for _ in range(o.instances):
             # out-of-range values are purified like any others (the output is clamped): pytriton fails a whole
             # dynamic batch on one error, so a check here would let one client's bad request fail its neighbours
@@ -190,9 +196,10 @@ class PurifierServer:
         host = f"[{o.host}]" if ":" in o.host else o.host
         self.description = {
             "model": MODEL_NAME, "backend": o.backend, "artifact": str(artifact),
-            "providers": getattr(self.runners[0], "providers", None), "input": {"name": "input", "dtype":
+            "providers": getattr(self.runners[0], "providers", None),
+            "precision": getattr(self.runners[0], "precision", None), "input": {"name": "input", "dtype":
             spec.dtype, "dims": ["N", *dims]}, "max_batch": max_batch, "instances": o.instances,
-            "threads_per_instance": threads if o.backend == "onnxruntime" else None,
+            "threads_per_instance": threads if o.backend in ("onnxruntime", "openvino") else None,
             "queue_delay_us": o.queue_delay_us, "http": f"http://{host}:{o.http_port}", "grpc": f"{host}:{o.grpc_port}",
             "metrics": f"http://{host}:{o.metrics_port}/metrics", "pytriton": pytriton_version,
             "purifier": export.config}
@@ -231,6 +238,7 @@ class PurifierServer:
         _, c, h, w = inp["dims"]
         shape = f"[N<={d['max_batch']}, {c}, {'H' if h == -1 else h}, {'W' if w == -1 else w}]"
         where = f", {', '.join(d['providers'])}" if d.get("providers") else ""
+        where += f", {d['precision']}" if d.get("precision") else ""
         return [f"serving {d['model']}: {d['backend']}{where} ({Path(d['artifact']).name}), {inp['dtype']} {shape} "
                 f"in [0, 1], dynamic batching (queue delay {d['queue_delay_us']} µs), {d['instances']} instance(s)",
                 f"  HTTP     {d['http']}/v2/models/{d['model']}/infer",

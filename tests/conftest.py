@@ -1,9 +1,10 @@
 """Markers: ``gpu`` (needs CUDA), ``tensorrt`` (needs tensorrt + CUDA), ``triton`` (needs nvidia-pytriton, the serve
-extra), ``slow`` (needs --runslow: `make test-slow`, a CI step of its own; what each slow test exercises also runs, more
-cheaply, in the default set, so `make test` keeps its time budget on a busy machine).
+extra), ``openvino`` (needs the openvino package, the openvino extra), ``slow`` (needs --runslow: `make test-slow`, a
+CI step of its own; what each slow test exercises also runs, more cheaply, in the default set, so `make test` keeps
+its time budget on a busy machine).
 
-They skip only where the hardware or package is missing; CPU paths never skip. CI sets NCIS_DEPLOY_REQUIRE_TRITON=1,
-which turns a missing pytriton into an error instead of skips.
+They skip only where the hardware or package is missing; CPU paths never skip. CI sets NCIS_DEPLOY_REQUIRE_TRITON=1
+and NCIS_DEPLOY_REQUIRE_OPENVINO=1, which turn a missing pytriton / openvino into an error instead of skips.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ def pytest_collection_modifyitems(config, items):
         # CI installs the serve extra: a missing pytriton there is a broken setup, not a reason to skip
         raise pytest.UsageError("NCIS_DEPLOY_REQUIRE_TRITON=1 but nvidia-pytriton is not installed "
                                 "(pip install 'ncis-deploy[serve]')")
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    if not has_openvino and os.environ.get("NCIS_DEPLOY_REQUIRE_OPENVINO") == "1":
+        raise pytest.UsageError("NCIS_DEPLOY_REQUIRE_OPENVINO=1 but openvino is not installed "
+                                "(pip install 'ncis-deploy[openvino]')")
     skips = {
         "triton": (not has_pytriton, "needs nvidia-pytriton (pip install 'ncis-deploy[serve]')"),
+        "openvino": (not has_openvino, "needs openvino (pip install 'ncis-deploy[openvino]')"),
         "gpu": (not has_cuda, "needs a CUDA GPU"),
         "tensorrt": (not (has_trt and has_cuda), "needs the tensorrt package and a CUDA GPU"),
         "slow": (not config.getoption("--runslow"), "slow: run with --runslow"),

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from ncis_deploy.bench import stats
 from ncis_deploy.bench.schema import SCHEMA, SchemaError, errors, validate
 from ncis_deploy.cli import cli
+from ncis_deploy.errors import UserError
 from ncis_deploy.model.purifier import PRESETS
 
 from test_cli import assert_user_error  # noqa: E402
@@ -26,6 +27,14 @@ TINY = ["--height", "16", "--width", "16"]
 
 def run(*args):
     return CliRunner().invoke(cli, ["bench", *map(str, args)])
+
+
+def usable_defaults() -> list[str]:
+    """The labels a zero-argument bench runs here (every backend × precision the doctor finds usable)."""
+    from ncis_deploy.bench.core import availability, default_backends
+    from ncis_deploy.doctor import report as doctor_report
+
+    return [s.label for s in default_backends(availability(doctor_report()))]
 
 
 
@@ -116,8 +125,25 @@ def test_tiny_run_table_json_and_plot(tiny_report):
     r, rep, d = tiny_report
     validate(rep)  # the JSON as written (tuples became lists) still matches the schema
     assert rep["format"] == "ncis-deploy/bench" and rep["format_version"] == 1
-    assert {(x["label"], x["batch"]) for x in rep["results"]} == {
-        ("torch:cpu", 1), ("torch:cpu", 2), ("onnxruntime:cpu", 1), ("onnxruntime:cpu", 2)}
+    # every backend × precision usable here, but int8: a preset has no Q/DQ artifact, skipped with the fix
+    ran = [lbl for lbl in usable_defaults() if not lbl.endswith(":int8")]
+    assert {"torch:cpu", "onnxruntime:cpu"} <= set(ran)
+    assert {(x["label"], x["batch"]) for x in rep["results"]} == {(lbl, b) for lbl in ran for b in (1, 2)}
+    int8 = [s for s in rep["skipped"] if s["backend"].endswith(":int8")]
+    assert [s["backend"] for s in int8] == [lbl for lbl in usable_defaults() if lbl.endswith(":int8")]
+    assert int8 and all("no int8 artifact" in s["reason"] and "export --preset gs --int8" in s["reason"]
+                        for s in int8)
+    # measured interleaved with ORT FP32: a ratio for every other backend at every batch, in this one run
+    assert rep["settings"]["vs"] == "onnxruntime:cpu" and rep["settings"]["vs_default"] is True
+    assert all(x["interleaved"] for x in rep["results"])
+    assert {(c["backend"], c["batch"]) for c in rep["comparisons"]} == {
+        (lbl, b) for lbl in ran if lbl != "onnxruntime:cpu" for b in (1, 2)}
+    assert all(c["vs"] == "onnxruntime:cpu" for c in rep["comparisons"])
+    for x in rep["results"]:  # FP32 labels read as before; others name their precision
+        assert x["label"] == f"{x['backend']}:{x['device']}" + ("" if x["precision"] == "fp32" else
+                                                                f":{x['precision']}")
+    # a quality guard for every non-FP32 target that ran, none for FP32 ones
+    assert sorted(q["label"] for q in rep["quality"]) == sorted(x for x in ran if x.count(":") == 2)
     for x in rep["results"]:
         lat = x["latency_ms"]
         assert x["iterations"] >= 3 and lat["n"] == x["iterations"]
@@ -126,6 +152,8 @@ def test_tiny_run_table_json_and_plot(tiny_report):
         assert x["h2d_ms"] is None and x["memory"]["rss_peak_mib"] > 0  # CPU: no transfer split
     m = rep["machine"]
     assert m["cores"] >= 1 and m["cpu"] and "torch" in m["versions"] and "onnxruntime" in m["versions"]
+    assert m["native_precisions"][0] == "f32" and len(m["load_average"]["before"]) == 3
+    assert "| onnxruntime:cpu | 1 |" in r.output and m["cpu"] in r.output
     assert rep["command"].startswith("ncis-deploy bench --preset gs")
     assert "| backend | batch | iters |" in r.output and "| onnxruntime:cpu | 2 |" in r.output
     assert (d / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -157,7 +185,8 @@ def test_stages_time_gs_and_each_bsn_pass(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "s.json").read_text())
     validate(rep)
-    for x in rep["results"]:
+    assert all(x["stages"] is None for x in rep["results"] if x["backend"] == "openvino")
+    for x in (x for x in rep["results"] if x["backend"] != "openvino"):
         st = x["stages"]
         gs = PRESETS["ncis"].stages[0]
         assert [row["name"] for row in st["rows"]] == [
@@ -214,6 +243,188 @@ def test_stand_in_full_size_is_diffpure_class():
     assert y.shape == (2, 6, 32, 32) and torch.isfinite(y).all()
 
 
+# --------------------------------------------------------------------------------------- backends and precisions
+def fake_doctor(isa=("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"), openvino=True, cuda=False) -> dict:
+    """A doctor report with the CPU backends live (ORT CPU, OpenVINO) and the given ISA."""
+    from ncis_deploy.doctor import native_precisions
+
+    isa = list(isa)
+    ov = {"usable": True, "reason": "OpenVINO 2026 on CPU"} if openvino else \
+        {"usable": False, "reason": "the openvino package is not installed: pip install 'ncis-deploy[openvino]'"}
+    return {"cpu": {"model": "Test CPU", "isa": isa, "native_precisions": native_precisions(isa)},
+            "torch": {"installed": True, "version": "2", "cuda_available": cuda, "gpus": ["GPU"] if cuda else []},
+            "onnxruntime": {"installed": True, "available_providers": ["CPUExecutionProvider"],
+                            "providers": {"CPUExecutionProvider": {"live": True, "detail": "ok"}}},
+            "backends": {"tensorrt": {"usable": False, "reason": "no TensorRT"}, "openvino": ov}}
+
+
+def test_backend_grammar_keeps_every_old_spec_and_adds_precisions():
+    from ncis_deploy.bench.core import availability, parse_backend
+
+    avail = availability(fake_doctor())
+    old = {"torch": "torch:cpu", "torch:cpu": "torch:cpu", "pytorch": "torch:cpu", "onnxruntime": "onnxruntime:cpu",
+           "ort": "onnxruntime:cpu", "onnxruntime:cpu": "onnxruntime:cpu", " ORT:CPU ": "onnxruntime:cpu"}
+    new = {"openvino": "openvino:cpu", "ov": "openvino:cpu", "openvino:cpu": "openvino:cpu",
+           "openvino:f32": "openvino:cpu", "openvino:fp32": "openvino:cpu", "openvino:bf16": "openvino:cpu:bf16",
+           "ov:cpu:bfloat16": "openvino:cpu:bf16", "openvino:int8": "openvino:cpu:int8",
+           "onnxruntime:int8": "onnxruntime:cpu:int8", "ort:cpu:int8": "onnxruntime:cpu:int8",
+           "onnxruntime:cpu:fp32": "onnxruntime:cpu"}
+    for text, label in {**old, **new}.items():
+        spec = parse_backend(text, avail)
+        assert spec.label == label, text
+        assert spec.precision == (label.split(":")[2] if label.count(":") == 2 else "fp32")
+    # GPU devices parse as before (and are refused here only because no GPU is usable)
+    for text, words in (("onnxruntime:gpu", "onnxruntime:cuda is not usable"),
+                        ("ort:trt", "onnxruntime:tensorrt is not usable"), ("tensorrt", "tensorrt:cuda is not usable"),
+                        ("torch:int8", "torch:cpu runs in fp32 only, not int8"),
+                        ("onnxruntime:cpu:bf16", "runs in fp32, int8 only, not bf16"),
+                        ("openvino:cuda", "unknown device 'cuda' for openvino"),
+                        ("openvino:int4", "unknown device 'int4'"), ("openvino:cpu:int4", "unknown precision 'int4'"),
+                        ("openvino:cpu:int8:x", "too many parts")):
+        with pytest.raises(UserError) as e:
+            parse_backend(text, avail)
+        assert words in str(e.value), (text, str(e.value))
+
+
+def test_bf16_only_where_native_and_openvino_only_where_installed():
+    from ncis_deploy.bench.core import availability, default_backends, parse_backend
+
+    labels = [s.label for s in default_backends(availability(fake_doctor()))]
+    assert labels == ["torch:cpu", "onnxruntime:cpu", "onnxruntime:cpu:int8", "openvino:cpu", "openvino:cpu:bf16",
+                      "openvino:cpu:int8"]
+    no_bf16 = availability(fake_doctor(isa=("avx2", "fma", "avx512f", "avx512_vnni")))
+    assert "openvino:cpu:bf16" not in [s.label for s in default_backends(no_bf16)]
+    with pytest.raises(UserError) as e:
+        parse_backend("openvino:bf16", no_bf16)
+    assert "no native BF16" in str(e.value) and "avx512_bf16" in str(e.value) and "Test CPU" in str(e.value)
+    no_ov = availability(fake_doctor(openvino=False))
+    assert [s.label for s in default_backends(no_ov)] == ["torch:cpu", "onnxruntime:cpu", "onnxruntime:cpu:int8"]
+    with pytest.raises(UserError) as e:
+        parse_backend("openvino:int8", no_ov)
+    assert "pip install 'ncis-deploy[openvino]'" in str(e.value)
+
+
+def test_default_run_is_interleaved_with_ort_fp32():
+    from ncis_deploy.bench.core import BenchOptions, availability, resolve_backends
+
+    avail = availability(fake_doctor())
+    specs, vs, defaulted = resolve_backends(BenchOptions(), avail)
+    assert defaulted and vs.label == "onnxruntime:cpu" and vs in specs
+    assert resolve_backends(BenchOptions(vs="none"), avail)[1] is None
+    assert resolve_backends(BenchOptions(vs="openvino"), avail)[1].label == "openvino:cpu"
+    specs, vs, _ = resolve_backends(BenchOptions(backends=("openvino:bf16", "torch")), avail)
+    assert vs is None and [s.label for s in specs] == ["openvino:cpu:bf16", "torch:cpu"]  # as before: sequential
+
+
+def test_int8_of_a_preset_is_refused_with_the_fix():
+    assert_user_error(run("--preset", "ncis", *TINY, "--backend", "onnxruntime:int8", *FAST),
+                      "preset ncis has no int8 artifact", "ncis-deploy export --preset ncis --int8 --height 16")
+
+
+# --------------------------------------------------------------------------------------------- int8 and quality
+def add_int8(export_dir) -> None:
+    """Put a Q/DQ purifier_int8.onnx into a test export (until `export --int8` exists: ORT's static QDQ quantizer
+    on the export's own purifier.onnx, calibrated on crops of the bundled training photos) and list it in the
+    manifest."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from ncis_deploy.exporters.manifest import MANIFEST, ONNX, ONNX_INT8, sha256_file
+
+    from ncis_deploy.data import ImageSet
+
+    crops = ImageSet.bundled("train").random_crops(np.random.default_rng(0), 4, 16).numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": crops[i:i + 1]} for i in range(len(crops))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(export_dir / ONNX), str(export_dir / ONNX_INT8), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    m = json.loads((export_dir / MANIFEST).read_text())
+    m["artifacts"].append({"file": ONNX_INT8, "kind": "onnx", "precision": "int8",
+                           "sha256": sha256_file(export_dir / ONNX_INT8),
+                           "bytes": (export_dir / ONNX_INT8).stat().st_size})
+    (export_dir / MANIFEST).write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    """The ncis preset exported at 16x16 with an int8 artifact (the BSN's convolutions quantized)."""
+    from ncis_deploy.exporters.pipeline import ExportOptions, export
+
+    d = tmp_path_factory.mktemp("int8") / "ncis_export"
+    if "int8" in ExportOptions.__dataclass_fields__:  # `export --int8` has landed: bench what it writes
+        export(ExportOptions(source="ncis", out=str(d), height=16, width=16, int8=True))
+    else:
+        export(ExportOptions(source="ncis", out=str(d), height=16, width=16))
+        add_int8(d)
+    return d
+
+
+def check_guard(q: dict, label: str, precision: str) -> None:
+    assert q["label"] == label and q["precision"] == precision and q["reference"] == "onnxruntime:cpu"
+    assert q["photos"] == "holdout" and q["images"] == 2 and (q["height"], q["width"]) == (16, 16)
+    assert [row["photo"] for row in q["per_photo"]] == ["china", "flower"]
+    assert 0 < q["mean_abs"] <= q["max_abs"] < 0.5  # low precision moves the output, by far less than the range
+    assert q["max_abs"] == max(row["max_abs"] for row in q["per_photo"])
+    assert q["psnr_db"] is not None and 5 < q["psnr_db"] < 90  # a naive test quantization is far from 45 dB
+    per = [row["psnr_db"] for row in q["per_photo"]]
+    assert min(per) <= q["psnr_db"] <= max(per)
+    assert q["ok"] == (q["psnr_db"] >= q["guard_psnr_db"] == 45.0)
+
+
+def test_int8_export_runs_on_ort_with_a_quality_guard(int8_export, tmp_path):
+    r = run(int8_export, "--backend", "onnxruntime", "--backend", "onnxruntime:int8", "--vs", "onnxruntime",
+            "--batch", "1", *FAST, "--json", tmp_path / "q.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "q.json").read_text())
+    validate(rep)
+    (q,) = rep["quality"]
+    check_guard(q, "onnxruntime:cpu:int8", "int8")
+    art = rep["purifier"]["artifacts"]["onnxruntime:cpu:int8"]
+    assert art["file"].endswith("purifier_int8.onnx") and len(art["sha256"]) == 64
+    (c,) = rep["comparisons"]
+    assert (c["backend"], c["vs"], c["batch"]) == ("onnxruntime:cpu:int8", "onnxruntime:cpu", 1)
+    assert "**Quality guards**" in r.output and "| onnxruntime:cpu:int8 | onnxruntime:cpu | 2 |" in r.output
+
+
+def test_quality_guard_flags_a_result_below_it(int8_export, tmp_path, monkeypatch):
+    from ncis_deploy.bench import core
+
+    monkeypatch.setattr(core, "PSNR_GUARD_DB", 500.0)  # no real output is this close: the guard must trip
+    r = run(int8_export, "--backend", "onnxruntime:int8", "--batch", "1", *FAST, "--json", tmp_path / "g.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "g.json").read_text())
+    (q,) = rep["quality"]
+    assert q["ok"] is False and q["guard_psnr_db"] == 500.0
+    assert any("below the 500 dB quality guard" in w for w in rep["warnings"])
+
+
+@pytest.mark.openvino
+def test_every_precision_of_an_int8_export_on_openvino(int8_export, tmp_path):
+    """The zero-option run on an export with an int8 artifact: every backend × precision usable here, OpenVINO's
+    record of what it compiled, and a quality guard per low-precision target."""
+    r = run(int8_export, "--batch", "1", *FAST, "--json", tmp_path / "o.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "o.json").read_text())
+    validate(rep)
+    ran = {x["label"]: x for x in rep["results"]}
+    assert set(ran) == set(usable_defaults())
+    assert {"openvino:cpu", "openvino:cpu:int8", "onnxruntime:cpu:int8"} <= set(ran)
+    ov8 = ran["openvino:cpu:int8"]["runtime"]
+    assert ov8["precision"] == "int8" and any(p in ("u8", "i8") for per in ov8["layer_precisions"].values()
+                                              for p in per)
+    assert ran["openvino:cpu"]["runtime"]["precision"] == "f32" and ran["onnxruntime:cpu"]["runtime"] is None
+    guards = {q["label"]: q for q in rep["quality"]}
+    assert set(guards) == {lbl for lbl in ran if lbl.count(":") == 2}
+    for lbl, q in guards.items():
+        check_guard(q, lbl, lbl.split(":")[2])
+    assert {c["backend"] for c in rep["comparisons"]} == set(ran) - {"onnxruntime:cpu"}
+
+
 # ----------------------------------------------------------------------------------------------- export directory
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
@@ -231,7 +442,8 @@ def test_export_dir_and_default_export(tiny_export, tmp_path, monkeypatch):
     assert rep["purifier"]["export_dir"] == str(tiny_export) and not rep["purifier"]["exported_now"]
     assert rep["settings"]["height"] == 16 and rep["purifier"]["fixed_hw"]
     assert rep["purifier"]["artifacts"]["onnxruntime"]["file"].endswith("purifier.onnx")
-    assert {x["label"] for x in rep["results"]} == {"torch:cpu", "onnxruntime:cpu"}
+    ran = {lbl for lbl in usable_defaults() if not lbl.endswith(":int8")}  # this export has no purifier_int8.onnx
+    assert {x["label"] for x in rep["results"]} == ran
     # zero arguments: ./ncis_export, batches 1 and 8, every usable backend
     monkeypatch.chdir(tiny_export.parent)
     r = run(*FAST, "--json", tmp_path / "z.json")
@@ -239,12 +451,16 @@ def test_export_dir_and_default_export(tiny_export, tmp_path, monkeypatch):
     rep = json.loads((tmp_path / "z.json").read_text())
     assert rep["purifier"]["export_dir"] == "ncis_export"
     assert sorted({x["batch"] for x in rep["results"]}) == [1, 8]
-    assert {x["label"] for x in rep["results"]} == {"torch:cpu", "onnxruntime:cpu"}
-    # this export has no engine: where TensorRT is usable it is skipped (and said), elsewhere it is not a default
+    assert {x["label"] for x in rep["results"]} == ran
+    # this export has no engine: where TensorRT is usable it is skipped (and said), elsewhere it is not a default;
+    # it has no int8 artifact either: the int8 targets are skipped, naming `export --int8`
     from ncis_deploy.doctor import report as doctor_report
 
     trt_usable = doctor_report()["backends"]["tensorrt"]["usable"]
-    assert [s["backend"] for s in rep["skipped"]] == (["tensorrt:cuda"] if trt_usable else [])
+    int8 = [lbl for lbl in usable_defaults() if lbl.endswith(":int8")]
+    assert sorted(s["backend"] for s in rep["skipped"]) == sorted((["tensorrt:cuda"] if trt_usable else []) + int8)
+    assert all("no purifier_int8.onnx" in s["reason"] and "export --int8" in s["reason"]
+               for s in rep["skipped"] if s["backend"] in int8)
     # fixed-size export: another size is refused
     assert_user_error(run(tiny_export, *FAST, "--height", "32"), "fixed at 16x16", "--dynamic-hw")
 
@@ -378,3 +594,19 @@ def test_a_refused_shape_is_recorded_and_said_not_timed():
     assert report["skipped"] == [{"backend": "onnxruntime:cpu", "batch": 8,
                                   "reason": "batch above the artifact's maximum 4"}]
     assert said == ["skipping onnxruntime:cpu batch 8: batch above the artifact's maximum 4"]
+
+
+def test_readme_performance_block_is_generated_from_the_recorded_json():
+    """README's performance table is what benchmarks/bench_precisions.py --readme writes from its JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_precisions", root / "benchmarks" / "bench_precisions.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    record = json.loads((root / "benchmarks" / "results" / "bench-precisions-cpu.json").read_text())
+    validate(record["bench"])
+    assert record["bench"]["machine"]["isa"] and record["machine"]["cpu"]
+    assert mod.readme_block(record) in (root / "README.md").read_text(), \
+        "README's perf block is stale: run python benchmarks/bench_precisions.py --readme"

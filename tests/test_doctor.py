@@ -17,7 +17,8 @@ def rep():
 
 
 def test_report_keys(rep):
-    assert set(rep) >= {"python", "torch", "onnx", "onnxruntime", "tensorrt", "cuda_python", "backends"}
+    assert set(rep) >= {"python", "cpu", "torch", "onnx", "onnxruntime", "tensorrt", "cuda_python", "openvino",
+                        "backends"}
     assert rep["python"]["version"].count(".") == 2
     assert rep["torch"]["installed"] and rep["torch"]["version"]
     assert isinstance(rep["torch"]["cuda_available"], bool) and isinstance(rep["torch"]["gpus"], list)
@@ -26,7 +27,7 @@ def test_report_keys(rep):
     assert o["installed"] and "CPUExecutionProvider" in o["available_providers"]
     assert "onnxruntime" in o["distributions"] or "onnxruntime-gpu" in o["distributions"]
     assert isinstance(o["conflict"], bool)
-    assert set(rep["backends"]) == {"torch", "onnxruntime", "tensorrt"}
+    assert set(rep["backends"]) == {"torch", "onnxruntime", "tensorrt", "openvino"}
     for v in rep["backends"].values():
         assert isinstance(v["usable"], bool) and v["reason"]
     json.dumps(rep)  # plain data
@@ -50,7 +51,7 @@ def test_tensorrt_verdict_matches_packages(rep):
 def test_render_mentions_every_backend(rep):
     text = doctor.render(rep)
     backends = text.split("\nbackends\n", 1)[1]
-    for name in ("torch", "onnxruntime", "tensorrt"):
+    for name in ("torch", "onnxruntime", "tensorrt", "openvino"):
         assert f"  {name}" in backends
     assert "CPUExecutionProvider" in text and "live" in text
     assert "usable" in backends
@@ -58,11 +59,12 @@ def test_render_mentions_every_backend(rep):
 
 def test_never_raises_without_packages(monkeypatch):
     for name in ("torch", "onnx", "onnxruntime", "tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime",
-                 "cuda.cudart"):
+                 "cuda.cudart", "openvino"):
         monkeypatch.setitem(sys.modules, name, None)  # every import of these now fails
     r = doctor.report()
     assert not any(v["usable"] for v in r["backends"].values())
     assert "does not import" in r["backends"]["torch"]["reason"]
+    assert "pip install 'ncis-deploy[openvino]'" in r["backends"]["openvino"]["reason"]
     text = doctor.render(r)
     assert "not installed" in text and "NOT usable" in text
 
@@ -109,3 +111,53 @@ def test_serve_verdict_follows_pytriton(rep, monkeypatch):
     assert r["serve"] == {"installed": False, "usable": False, "error": r["serve"]["error"]}
     assert "ncis-deploy[serve]" in r["serve"]["error"]
     assert "`serve` NOT usable" in doctor.render(r)
+
+
+def test_cpu_isa_and_native_precisions(rep, monkeypatch):
+    """The ISA flags come from /proc/cpuinfo; each native precision follows from its flags and nothing else."""
+    cpu = rep["cpu"]
+    assert cpu["model"] and cpu["isa"] == doctor.cpu_isa() and set(cpu["isa"]) <= set(doctor.ISA_FLAGS)
+    assert set(doctor.BF16_FLAGS + doctor.INT8_FLAGS) <= set(doctor.ISA_FLAGS)
+    assert cpu["native_precisions"] == doctor.native_precisions(cpu["isa"])
+    np_ = doctor.native_precisions
+    assert np_([]) == ["f32"] and np_(["avx2", "fma", "avx512f"]) == ["f32"]
+    assert np_(["avx512_bf16"]) == ["f32", "bf16"]
+    assert np_(["amx_tile", "amx_bf16", "amx_int8"]) == ["f32", "bf16", "int8"]
+    assert np_(["avx_vnni"]) == np_(["avx512_vnni"]) == ["f32", "int8"]
+    text = doctor.render(rep)
+    assert "native precisions" in text and ", ".join(cpu["native_precisions"]) in text
+    monkeypatch.setattr(doctor, "cpu_isa", lambda: ["avx2", "fma"])
+    r = doctor.report()
+    assert r["cpu"]["native_precisions"] == ["f32"]
+    if r["openvino"].get("live"):
+        reason = r["backends"]["openvino"]["reason"]
+        assert "auto = f32" in reason and "slow path" in reason
+
+
+@pytest.mark.openvino
+def test_openvino_is_probed_live(rep):
+    ov = rep["openvino"]
+    assert ov["installed"] and ov["live"] is True, ov
+    assert "CPU" in ov["devices"] and "FP32" in ov["devices"]["CPU"]  # OpenVINO's OPTIMIZATION_CAPABILITIES
+    b = rep["backends"]["openvino"]
+    assert b["usable"] and f"OpenVINO {ov['version']} on CPU: f32" in b["reason"]
+    assert ("bf16, " in b["reason"]) == ("bf16" in rep["cpu"]["native_precisions"])
+    text = doctor.render(rep)
+    assert "capabilities: " + ", ".join(ov["devices"]["CPU"]) in text
+
+
+def test_openvino_that_does_not_compile_is_not_usable(monkeypatch):
+    class Core:
+        available_devices = ["CPU"]
+
+        def get_property(self, dev, name):
+            return ["FP32"]
+
+        def read_model(self, model):
+            raise RuntimeError("Exception from src/x.cpp:1:\nbroken plugin")
+
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(__version__="9.9", Core=Core))
+    r = doctor.report()
+    assert r["openvino"]["installed"] and r["openvino"]["live"] is False
+    assert not r["backends"]["openvino"]["usable"] and "no live CPU model" in r["backends"]["openvino"]["reason"]
+    assert "NOT live" in doctor.render(r)

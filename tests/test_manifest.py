@@ -85,6 +85,9 @@ def test_open_export_checks_format_and_hashes(tmp_path, tiny_export):
     with pytest.raises(UserError, match=r"purifier.engine does not exist.*not built \(") as e:
         ex.artifact_for("tensorrt")
     assert "ncis-deploy export --tensorrt" in str(e.value)
+    assert ex.artifact_for("openvino") == ex.artifact_for("openvino", "bf16") == tiny_export / ONNX
+    with pytest.raises(UserError, match=f"no {manifest.ONNX_INT8} .*ncis-deploy export --int8"):
+        ex.artifact_for("openvino", "int8")  # the quantized artifact, never the float one under an int8 label
     with pytest.raises(UserError, match="backend must be one of"):
         ex.artifact_for("torch")
 

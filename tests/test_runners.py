@@ -274,9 +274,17 @@ def test_torch_runner_accepts_a_module_and_checks_device():
 
 # --------------------------------------------------------------------------------------------------- make_runner
 def test_make_runner_choices(onnx_path, monkeypatch):
-    with pytest.raises(UserError, match="unknown backend 'openvino'; choose one of: torch, onnxruntime, tensorrt"):
-        make_runner("openvino", onnx_path)
-    assert BACKENDS == ("torch", "onnxruntime", "tensorrt")
+    with pytest.raises(UserError, match="unknown backend 'tflite'; choose one of: torch, onnxruntime, tensorrt, "
+                                         "openvino"):
+        make_runner("tflite", onnx_path)
+    assert BACKENDS == ("torch", "onnxruntime", "tensorrt", "openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # constructing never imports openvino
+    ov = make_runner("ov", onnx_path, precision="bf16", threads=2)
+    assert (ov.name, ov.requested_precision, ov.threads) == ("openvino", "bf16", 2)
+    with pytest.raises(UserError, match="openvino backend runs on the CPU only"):
+        make_runner("openvino", onnx_path, device="cuda")
+    with pytest.raises(UserError, match="openvino backend needs an .onnx file"):
+        make_runner("openvino")
     r = make_runner("ort", onnx_path, threads=1)
     assert isinstance(r, OnnxRuntimeRunner) and r.name == "onnxruntime"
     assert make_runner("onnxruntime", onnx_path, device="cuda:1").device_id == 1

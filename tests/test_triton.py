@@ -284,6 +284,22 @@ def test_serve_answers_tritonclient_and_stops_cleanly(export_dir, tmp_path):
 
 
 @pytest.mark.triton
+@pytest.mark.openvino
+@pytest.mark.slow  # a second real server (~10 s); the openvino runner itself is checked in tests/test_openvino.py
+def test_serve_openvino_answers_like_onnxruntime(export_dir):
+    from ncis_deploy.bench.serving import ServerProcess, load_test
+
+    rng = np.random.default_rng(1)
+    inputs = [rng.random((n, 3, H, W), dtype=np.float32) for n in (1, 3)]
+    refs = [purify_reference(export_dir, x) for x in inputs]
+    with ServerProcess(export_dir, "--backend", "openvino", "--precision", "f32", "--threads", 1) as sp:
+        result = load_test(sp.http_url, "ncis_purifier", inputs, refs, 2, requests_per_client=2, tolerance=1e-4)
+    assert (result["errors"], result["mismatches"], result["requests"]) == (0, 0, 4), result
+    assert "serving ncis_purifier: openvino, f32 (purifier.onnx)" in sp.output, sp.output
+    assert sp.returncode == 0, sp.output
+
+
+@pytest.mark.triton
 def test_serve_refuses_a_port_in_use(export_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -305,6 +321,9 @@ def test_serve_bad_input_is_one_line(tmp_path, export_dir, monkeypatch):
                       f"--grpc-port and --http-port are both {http}")
     assert_user_error(run("serve", export_dir, "--instances", 0), "--instances must be >= 1")
     assert_user_error(run("serve", export_dir, "--max-batch", 0), "--max-batch must be >= 1")
+    assert_user_error(run("serve", export_dir, "--precision", "bf16"), "--precision only applies to the openvino")
+    assert_user_error(run("serve", export_dir, "--backend", "openvino", "--precision", "int8"),
+                      "no purifier_int8.onnx", "ncis-deploy export --int8")
     monkeypatch.setitem(sys.modules, "pytriton", None)
     monkeypatch.setitem(sys.modules, "pytriton.triton", None)
     assert_user_error(run("serve", export_dir, "--http-port", http, "--grpc-port", grpc, "--metrics-port", free_ports(1)[0]),

@@ -21,10 +21,11 @@ import numpy as np
 from ncis_deploy.bench import harness
 from ncis_deploy.bench.schema import FORMAT, FORMAT_VERSION, validate
 from ncis_deploy.bench.stats import CONVENTIONS, scale, summarize
-from ncis_deploy.bench.targets import BackendSpec, MemoryProbe, make_target
+from ncis_deploy.bench.targets import FP32, PRECISIONS, BackendSpec, MemoryProbe, make_target
 from ncis_deploy.errors import UserError
+from ncis_deploy.quality import LOW_PRECISION_PSNR_DB as PSNR_GUARD_DB
 from ncis_deploy.exporters.manifest import DEFAULT_DIR as DEFAULT_EXPORT
-from ncis_deploy.exporters.manifest import ENGINE, ONNX, Export, open_export, sha256_file
+from ncis_deploy.exporters.manifest import ENGINE, ONNX, ONNX_INT8, Export, open_export, sha256_file
 
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_WARMUP_MS = 200.0  # trtexec's default warm-up
@@ -32,15 +33,22 @@ DEFAULT_DURATION_S = 2.0  # trtexec uses 3 s; 2 s keeps the zero-argument run on
 MIN_ITERATIONS = 3
 DEFAULT_HW = 224
 
-BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "tensorrt"), "tensorrt": ("cuda",)}
+BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "tensorrt"), "tensorrt": ("cuda",),
+                   "openvino": ("cpu",)}
 DEVICE_ALIASES = {"gpu": "cuda", "trt": "tensorrt"}
+# the precisions other than FP32 each (backend, device) runs; bf16 and int8 are CPU paths (issue 12)
+LOW_PRECISIONS = {("onnxruntime", "cpu"): ("int8",), ("openvino", "cpu"): ("bf16", "int8")}
+PRECISION_ALIASES = {"f32": FP32, "float32": FP32, "float": FP32, "bfloat16": "bf16", "i8": "int8", "qdq": "int8"}
+REFERENCE = BackendSpec("onnxruntime", "cpu")  # ratios and quality guards are against ORT FP32 on the CPU
+QUALITY_SPLIT = "holdout"  # the bundled photos the quality guards run on (never trained or calibrated on)
+NO_VS = "none"  # --vs none: backends one after another, no ratios
 
 
 @dataclass
 class BenchOptions:
     export_dir: str | None = None  # None (and no preset): ./ncis_export, exported first if missing
     preset: str | None = None
-    backends: tuple[str, ...] = ()  # empty: every backend usable here
+    backends: tuple[str, ...] = ()  # empty: every backend × precision usable here
     batches: tuple[int, ...] = DEFAULT_BATCHES
     height: int | None = None
     width: int | None = None
@@ -52,7 +60,7 @@ class BenchOptions:
     cuda_graph: bool = False
     data_transfers: bool = True
     stages: bool = False
-    vs: str | None = None
+    vs: str | None = None  # None: onnxruntime:cpu (FP32) when the list was defaulted and holds it; "none": no --vs
     diffpure: bool = True
     diffpure_width: int = 256
     diffpure_size: int = 256
@@ -118,13 +126,49 @@ def availability(doc: dict) -> dict[str, tuple[bool, str]]:
                                                                         f"{p['detail']}")
     trt = doc.get("backends", {}).get("tensorrt", {"usable": False, "reason": "not probed"})
     out["tensorrt:cuda"] = (bool(trt["usable"]), trt["reason"])
+    out.update(_precision_availability(doc, out))
     return out
 
 
-def _default_device(name: str, avail: dict) -> str:
+def _precision_availability(doc: dict, out: dict) -> dict[str, tuple[bool, str]]:
+    """openvino:cpu and the low-precision labels: bf16 only where the CPU computes it natively (doctor's ISA
+    verdict), int8 wherever the runtime runs (whether the source has the int8 artifact is decided per source)."""
+    from ncis_deploy.doctor import BF16_FLAGS, native_precisions
+
+    cpu = doc.get("cpu", {})
+    native = cpu.get("native_precisions") or native_precisions()
+    ov = doc.get("backends", {}).get("openvino", {"usable": False, "reason": "not probed"})
+    res = {"openvino:cpu": (bool(ov["usable"]), f"OpenVINO: {ov['reason']}")}
+    for (backend, dev), precisions in LOW_PRECISIONS.items():
+        base = f"{backend}:{dev}"
+        ok, why = res.get(base) or out[base]
+        for p in precisions:
+            label = f"{base}:{p}"
+            if not ok:
+                res[label] = (False, why)
+            elif p == "bf16" and "bf16" not in native:
+                isa = ", ".join(cpu.get("isa") or []) or "none found"
+                res[label] = (False, f"this CPU ({cpu.get('model', '?')}) has no native BF16 (neither "
+                                     f"{' nor '.join(BF16_FLAGS)} among its ISA flags: {isa}); emulated bf16 would be "
+                                     "neither fast nor what the label says")
+            elif p == "int8":
+                res[label] = (True, f"runs the export's {ONNX_INT8}" + ("" if "int8" in native else
+                                                                         " (no VNNI/AMX here: the slow int8 path)"))
+            else:
+                res[label] = (True, f"{p} is native on this CPU")
+    return res
+
+
+def _default_device(name: str, avail: dict, precision: str = FP32) -> str:
     if name == "tensorrt":
         return "cuda"
+    if precision != FP32:  # the first device that runs this precision
+        return next((d for d in BACKEND_DEVICES[name] if precision in LOW_PRECISIONS.get((name, d), ())), "cpu")
     return "cuda" if avail.get(f"{name}:cuda", (False,))[0] else "cpu"
+
+
+def _precisions(name: str, dev: str) -> tuple[str, ...]:
+    return (FP32, *LOW_PRECISIONS.get((name, dev), ()))
 
 
 def usable_summary(avail: dict) -> str:
@@ -134,36 +178,70 @@ def usable_summary(avail: dict) -> str:
 
 
 def parse_backend(text: str, avail: dict, what: str = "backend") -> BackendSpec:
+    """``backend[:device][:precision]``: ``torch``, ``onnxruntime:cuda`` (as before), ``openvino:bf16``,
+    ``onnxruntime:cpu:int8``. A second part that is a precision and not a device is the precision."""
     from ncis_deploy.runners import ALIASES
 
     raw = str(text).strip().lower()
-    name, _, dev = raw.partition(":")
+    name, *rest = raw.split(":")
     name = ALIASES.get(name, name)
     if name not in BACKEND_DEVICES:
         raise UserError(f"unknown {what} {text!r}; usable here: {usable_summary(avail)}")
-    dev = DEVICE_ALIASES.get(dev, dev) if dev else _default_device(name, avail)
+    if len(rest) > 2:
+        raise UserError(f"{what} {text!r} has too many parts; write backend[:device][:precision], e.g. "
+                        "onnxruntime:cpu:int8")
+    dev = prec = ""
+    if len(rest) == 2:
+        dev, prec = rest
+    elif rest:
+        one = rest[0]
+        is_prec = PRECISION_ALIASES.get(one, one) in PRECISIONS and DEVICE_ALIASES.get(one, one) not in \
+            BACKEND_DEVICES[name]
+        dev, prec = ("", one) if is_prec else (one, "")
+    prec = PRECISION_ALIASES.get(prec, prec) if prec else FP32
+    if prec not in PRECISIONS:
+        raise UserError(f"unknown precision {prec!r} in {what} {text!r}; choose one of {', '.join(PRECISIONS)}")
+    dev = DEVICE_ALIASES.get(dev, dev) if dev else _default_device(name, avail, prec)
     if name == "tensorrt" and dev == "tensorrt":
         dev = "cuda"
     if dev not in BACKEND_DEVICES[name]:
         raise UserError(f"unknown device {dev!r} for {name} in {what} {text!r}; {name} runs on "
                         f"{', '.join(BACKEND_DEVICES[name])}")
-    spec = BackendSpec(name, dev)
+    if prec not in _precisions(name, dev):
+        runs = [f"{b}:{d}:{p}" for (b, d), ps in LOW_PRECISIONS.items() for p in ps if p == prec]
+        raise UserError(f"{name}:{dev} runs in {', '.join(_precisions(name, dev))} only, not {prec}; {prec} runs on "
+                        f"{', '.join(runs) or 'no backend'}")
+    spec = BackendSpec(name, dev, prec)
     ok, why = avail[spec.label]
     if not ok:
         raise UserError(f"{what} {spec.label} is not usable here: {why}; usable here: {usable_summary(avail)}")
     return spec
 
 
+def default_backends(avail: dict) -> list[BackendSpec]:
+    """Every backend (on its default device) at FP32, then every lower precision it runs, where usable here."""
+    specs = []
+    for b in BACKEND_DEVICES:
+        specs.append(BackendSpec(b, _default_device(b, avail)))
+        specs += [BackendSpec(b, d, p) for (bb, d), ps in LOW_PRECISIONS.items() if bb == b for p in ps]
+    return [s for s in specs if avail[s.label][0]]
+
+
 def resolve_backends(opts: BenchOptions, avail: dict) -> tuple[list[BackendSpec], BackendSpec | None, bool]:
-    """(backends to run, the --vs backend or None, whether the list was defaulted)."""
-    vs = parse_backend(opts.vs, avail, "--vs backend") if opts.vs else None
+    """(backends to run, the --vs backend or None, whether the list was defaulted).
+
+    Without --vs a defaulted list that holds onnxruntime:cpu is measured interleaved with it: every ratio is then
+    against ORT FP32, measured in the same run. ``--vs none`` measures the backends one after another."""
+    no_vs = opts.vs is not None and str(opts.vs).strip().lower() == NO_VS
+    vs = parse_backend(opts.vs, avail, "--vs backend") if opts.vs and not no_vs else None
     if opts.backends:
         specs = [parse_backend(b, avail) for b in opts.backends]
         defaulted = False
     else:
-        specs = [BackendSpec(b, _default_device(b, avail)) for b in BACKEND_DEVICES]
-        specs = [s for s in specs if avail[s.label][0]]
+        specs = default_backends(avail)
         defaulted = True
+        if vs is None and not no_vs and REFERENCE in specs and len(specs) > 1:
+            vs = REFERENCE
     uniq: list[BackendSpec] = []
     for s in specs + ([vs] if vs else []):
         if s not in uniq:
@@ -286,17 +364,36 @@ def _preset_engine(src: Source, tmp: Path, batches, say) -> Path:  # needs Tenso
     return src.engine_path
 
 
+def _int8_onnx(spec: BackendSpec, src: Source) -> Path:
+    """The export's quantized ONNX (explicit Q/DQ): a preset has none, bench does not quantize on the fly (the
+    calibration and the quantized graph's checks are the exporter's)."""
+    if src.export is None:
+        raise UserError(f"{src.description} has no int8 artifact: {spec.label} runs the Q/DQ {ONNX_INT8} that "
+                        f"`ncis-deploy export --int8` writes; bench such an export instead: ncis-deploy export "
+                        f"--preset {src.preset} --int8 --height {src.height} --width {src.width} --out DIR, then "
+                        "ncis-deploy bench DIR")
+    path = src.export.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {src.export_dir}")
+    src.artifacts[spec.label] = {"file": str(path), "sha256": src.export.artifacts[ONNX_INT8]["sha256"]}
+    return path
+
+
 def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
     """What make_runner takes for ``spec``, or raise UserError saying why this source cannot run on it."""
     if spec.backend == "torch":
         if src.purifier is None:
             raise UserError(src.torch_reason)
         return src.purifier if spec.device == "cpu" else copy.deepcopy(src.purifier)
-    if spec.backend == "onnxruntime":
+    if spec.backend in ("onnxruntime", "openvino"):
         if src.plugin:
+            runtime = "OpenVINO" if spec.backend == "openvino" else "onnxruntime"
             raise UserError(f"export {src.export_dir} runs GS as the TensorRT plugin node {src.plugin}, which "
-                            "onnxruntime cannot run; export without --smoothing plugin for onnxruntime")
-        return _preset_onnx(src, tmp)
+                            f"{runtime} cannot run; export without --smoothing plugin for {spec.backend}")
+        if spec.precision == "int8":
+            return _int8_onnx(spec, src)
+        path = _preset_onnx(src, tmp)
+        if spec.backend == "openvino":
+            src.artifacts.setdefault("openvino", dict(src.artifacts["onnxruntime"]))
+        return path
     if src.preset is not None:
         return _preset_engine(src, tmp, batches, say)
     if src.engine_path is None:
@@ -310,19 +407,106 @@ def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
 # ---------------------------------------------------------------------------------------------------- machine
 def machine(doc: dict) -> dict:
     import ncis_deploy
-    from ncis_deploy.doctor import cpu_isa, cpu_model
+    from ncis_deploy.doctor import cpu_isa, cpu_model, native_precisions
 
     cpu = cpu_model()
 
     versions = {"ncis_deploy": ncis_deploy.__version__, "numpy": np.__version__}
-    for key in ("torch", "onnx", "onnxruntime", "tensorrt", "cuda_python"):
+    for key in ("torch", "onnx", "onnxruntime", "tensorrt", "cuda_python", "openvino"):
         d = doc.get(key, {})
         if d.get("installed"):
             versions[key] = str(d.get("version"))
     if doc.get("torch", {}).get("cuda_build"):
         versions["torch_cuda"] = str(doc["torch"]["cuda_build"])
-    return {"cpu": cpu, "isa": cpu_isa(), "cores": os.cpu_count(), "gpus": list(doc.get("torch", {}).get("gpus", [])),
-            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
+    isa = cpu_isa()
+    return {"cpu": cpu, "isa": isa, "native_precisions": native_precisions(isa), "cores": os.cpu_count(),
+            "gpus": list(doc.get("torch", {}).get("gpus", [])), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions, "load_average": {"before": _load()}}
+
+
+def _load() -> list[float] | None:
+    """1-, 5- and 15-minute load averages: how busy the (often shared) machine was around the figures."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- quality guards
+class QualityGuards:
+    """Every non-FP32 target against ORT FP32 (the same purifier's FP32 ONNX on the CPU) on the bundled
+    hold-out photos, centre-cropped to the bench's H×W: max / mean absolute error (through
+    :func:`ncis_deploy.runners.compare.compare`) and PSNR. The FP32 outputs are computed once and reused."""
+
+    def __init__(self, src: Source, opts: BenchOptions, tmp: Path):
+        self.src, self.opts, self.tmp = src, opts, tmp
+        self._cases: list[tuple[str, np.ndarray]] | None = None
+        self._reference: list[np.ndarray] | None = None
+
+    def cases(self) -> list[tuple[str, np.ndarray]]:
+        if self._cases is None:
+            from ncis_deploy.data import ImageSet
+
+            photos = ImageSet.bundled(QUALITY_SPLIT)
+            h, w = self.src.height, self.src.width
+            self._cases = []
+            for name, im in zip(photos.names, photos.images):
+                ih, iw = im.shape[:2]
+                ch, cw = min(h, ih), min(w, iw)
+                y, x = (ih - ch) // 2, (iw - cw) // 2
+                crop = im[y:y + ch, x:x + cw]
+                if (ch, cw) != (h, w):  # a bench size larger than the photo: tile it up to H×W
+                    crop = np.pad(crop, ((0, h - ch), (0, w - cw), (0, 0)), mode="wrap")
+                self._cases.append((name, np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)))
+        return self._cases
+
+    def measure(self, target) -> tuple[dict | None, str | None]:
+        """(the guard record, or None with why not) for ``target``'s active runner."""
+        from ncis_deploy.runners import make_runner
+        from ncis_deploy.runners.compare import compare
+
+        cases = self.cases()
+        why = target.accepts(cases[0][1].shape)
+        if why:
+            return None, why
+        ref = self._reference
+        if ref is None:
+            ref = make_runner("onnxruntime", _preset_onnx(self.src, self.tmp), providers="cpu",
+                              threads=self.opts.threads)
+        comp = compare({REFERENCE.label: ref, target.label: target.runner}, cases)
+        self._reference = comp.outputs[REFERENCE.label]
+        got = comp.outputs[target.label]
+        pair = comp.pairs[0]
+        rows = [{"photo": name, "max_abs": d.max_abs, "mean_abs": d.mean_abs, "psnr_db": _psnr(a, b)}
+                for (name, _), d, a, b in zip(cases, pair.cases, self._reference, got)]
+        overall = _psnr(np.concatenate(self._reference), np.concatenate(got))
+        return {"label": target.label, "precision": target.spec.precision, "reference": REFERENCE.label,
+                "photos": QUALITY_SPLIT, "images": pair.images, "height": self.src.height, "width": self.src.width,
+                "max_abs": pair.max_abs, "mean_abs": float(np.mean([d.mean_abs for d in pair.cases])),
+                "psnr_db": overall, "per_photo": rows, "guard_psnr_db": PSNR_GUARD_DB,
+                "ok": overall is None or overall >= PSNR_GUARD_DB}, None
+
+
+def _psnr(ref: np.ndarray, got: np.ndarray) -> float | None:
+    from ncis_deploy.quality import psnr_or_none
+
+    return psnr_or_none(got, ref)
+
+
+def _guard(guards: QualityGuards, target, report: dict, say) -> None:
+    if target.spec.precision == FP32:
+        return
+    rec, why = guards.measure(target)
+    if rec is None:
+        report["warnings"].append(f"{target.label}: no quality guard ({why})")
+        return
+    report["quality"].append(rec)
+    psnr = "identical" if rec["psnr_db"] is None else f"PSNR {rec['psnr_db']:.1f} dB"
+    say(f"{target.label} vs {REFERENCE.label} on {rec['images']} hold-out photos: max |Δ| {rec['max_abs']:.2e}, "
+        f"mean |Δ| {rec['mean_abs']:.2e}, {psnr}")
+    if not rec["ok"]:
+        report["warnings"].append(f"{target.label}: {psnr} against {REFERENCE.label} on the hold-out photos, below "
+                                  f"the {PSNR_GUARD_DB:g} dB quality guard")
 
 
 # ---------------------------------------------------------------------------------------------------- measure
@@ -339,6 +523,11 @@ def _time_stages(target, src: Source, rec: dict, x: np.ndarray, opts: BenchOptio
     spec = target.spec
     if spec.backend == "tensorrt":
         report["notes"].append("--stages: TensorRT engines are not cut into stages (use trtexec --dumpProfile)")
+        return
+    if spec.backend == "openvino" or spec.precision != FP32:
+        note = f"--stages: {spec.label} is not cut into stages (torch and onnxruntime FP32 only)"
+        if note not in report["notes"]:
+            report["notes"].append(note)
         return
     if src.purifier is None:
         report["notes"].append(f"--stages on {spec.label}: {src.torch_reason}")
@@ -391,7 +580,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None,
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "machine": machine(doc), "settings": {}, "purifier": {}, "results": [],
-        "comparisons": [], "context": [], "skipped": [], "warnings": [], "notes": list(opts.notes),
+        "comparisons": [], "quality": [], "context": [], "skipped": [], "warnings": [], "notes": list(opts.notes),
     }
     try:
         with tempfile.TemporaryDirectory(prefix="ncis-bench-") as tmpname:
@@ -405,7 +594,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None,
                 "min_iterations": opts.min_iterations, "threads": opts.threads,
                 "torch_threads": torch.get_num_threads(),
                 "cuda_graph": opts.cuda_graph, "data_transfers": opts.data_transfers, "stages": opts.stages,
-                "vs": vs.label if vs else None, "batches": list(opts.batches), "height": src.height,
+                "vs": vs.label if vs else None, "vs_default": vs is not None and opts.vs is None,
+                "batches": list(opts.batches), "height": src.height,
                 "width": src.width, "seed": opts.seed, "statistics": CONVENTIONS,
             }
             targets = []
@@ -422,10 +612,14 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None,
                                            data_transfers=opts.data_transfers, batches=tuple(opts.batches),
                                            hw=(src.height, src.width), cache_dir=tmp,
                                            trt_plugins=src.plugin_libraries))
+            guards = QualityGuards(src, opts, tmp)
+            if vs is not None and vs not in [t.spec for t in targets]:  # the default --vs was skipped
+                vs = report["settings"]["vs"] = None
+                report["settings"]["vs_default"] = False
             if vs is not None:
-                _measure_interleaved(targets, vs, src, opts, duration, tmp, report, say)
+                _measure_interleaved(targets, vs, src, opts, duration, tmp, report, say, guards, defaulted)
             else:
-                _measure_sequential(targets, src, opts, duration, tmp, report, say)
+                _measure_sequential(targets, src, opts, duration, tmp, report, say, guards, defaulted)
             report["purifier"]["artifacts"] = src.artifacts
             if opts.diffpure:
                 report["context"].append(diffpure_context(opts, duration, report["results"], any_gpu and
@@ -436,6 +630,11 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None,
         report["notes"].append("CPU only: latency is the host time of a synchronous query; the trtexec H2D / compute "
                                "/ D2H split applies to GPU backends")
     report["notes"].append("peak RSS is the whole process (Python, torch, onnxruntime and every loaded model)")
+    if report["settings"].get("vs_default"):
+        report["notes"].append(f"every backend was measured interleaved with {REFERENCE.label} (ORT FP32), the "
+                               "reference of the ratios and quality guards; --vs none measures them one after "
+                               "another")
+    report["machine"]["load_average"]["after"] = _load()
     for r in report["results"]:
         report["warnings"] += [f"{r['label']} batch {r['batch']}: {w}" for w in r["warnings"]]
     validate(report)  # a mismatch is a bug in this module, not a user error
@@ -473,11 +672,28 @@ def _refused(target, x: np.ndarray, batch: int, report: dict, say) -> bool:
     return bool(why)
 
 
-def _measure_sequential(targets, src, opts, duration, tmp, report, say) -> None:
+def _activate(target, report: dict, say, optional: bool) -> bool:
+    """Activate ``target``; a defaulted backend that its runtime refuses here is skipped (and said), not fatal."""
+    try:
+        target.activate()
+        return True
+    except UserError as e:
+        if not optional:
+            raise
+        target.close()
+        report["skipped"].append({"backend": target.label, "batch": None, "reason": str(e)})
+        say(f"skipping {target.label}: {e}")
+        return False
+
+
+def _measure_sequential(targets, src, opts, duration, tmp, report, say, guards: QualityGuards,
+                        defaulted: bool = False) -> None:
     stage_timers: dict = {}
     for target in targets:
-        target.activate()
+        if not _activate(target, report, say, defaulted):
+            continue
         try:
+            _guard(guards, target, report, say)
             for b in opts.batches:
                 x = _input(opts, b, src)
                 if _refused(target, x, b, report, say):
@@ -500,11 +716,16 @@ def _measure_sequential(targets, src, opts, duration, tmp, report, say) -> None:
             gc.collect()
 
 
-def _measure_interleaved(targets, vs: BackendSpec, src, opts, duration, tmp, report, say) -> None:
+def _measure_interleaved(targets, vs: BackendSpec, src, opts, duration, tmp, report, say,
+                         guards: QualityGuards, defaulted: bool = False) -> None:
     stage_timers: dict = {}
-    for t in targets:
-        t.activate()
     try:
+        targets = [t for t in list(targets) if _activate(t, report, say, defaulted and t.spec != vs)]
+        if len(targets) < 2:  # every other defaulted backend was refused: nothing to interleave with
+            _measure_sequential(targets, src, opts, duration, tmp, report, say, guards, defaulted)
+            return
+        for t in targets:
+            _guard(guards, t, report, say)
         for b in opts.batches:
             x = _input(opts, b, src)
             live = [t for t in targets if not _refused(t, x, b, report, say)]

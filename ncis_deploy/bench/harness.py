@@ -88,8 +88,9 @@ def result_record(target, batch: int, hw: tuple[int, int], samples: list[dict], 
     lat = summarize(_ms(latency))
     kind = "gpu" if target.spec.on_gpu else "cpu"
     rec = {
-        "backend": target.spec.backend, "device": target.spec.device, "label": target.label,
-        "providers": target.providers, "batch": batch, "height": hw[0], "width": hw[1], "interleaved": interleaved,
+        "backend": target.spec.backend, "device": target.spec.device, "precision": target.spec.precision,
+        "label": target.label, "providers": target.providers, "runtime": target.runtime, "batch": batch,
+        "height": hw[0], "width": hw[1], "interleaved": interleaved,
         "warmup_iterations": warm[0], "warmup_ms": warm[1], "iterations": len(samples), "walltime_s": sum(host),
         "throughput_ips": batch * len(samples) / sum(host) if sum(host) > 0 else 0.0,
         "latency_ms": lat, "host_ms": summarize(_ms(host)),

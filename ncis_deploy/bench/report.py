@@ -38,19 +38,27 @@ def render_markdown(report: dict) -> str:
     sections that only appear when they have content (comparisons, stages, stand-in context, skipped, warnings)."""
     gpu = any(r["h2d_ms"] is not None for r in report["results"])  # the H2D/compute/D2H and CUDA memory columns
     return "\n".join([*_heading(report), *_latency_table(report, gpu), *_comparison_section(report["comparisons"]),
-                      *_stage_section(report["results"]), *_stand_in_section(report["context"]), *_footer(report)])
+                      *_quality_section(report.get("quality", [])), *_stage_section(report["results"]),
+                      *_stand_in_section(report["context"]), *_footer(report)])
 
 
 def _heading(report: dict) -> list[str]:
     s, m = report["settings"], report["machine"]
     mode = (f"{s['iterations']} iterations" if s["iterations"] is not None else
             f"{s['duration_s']:g} s per case, at least {s['min_iterations']} iterations")
+    isa = f" ({', '.join(m['isa'])})" if m.get("isa") else ""
+    load = (m.get("load_average") or {}).get("before")
+    inter = ""
+    if s["vs"]:
+        inter = (f"; every backend interleaved with {s['vs']}" if s.get("vs_default") else
+                 "; backends interleaved (--vs)")
     return [f"### ncis-deploy bench: {report['purifier']['source']}, {s['height']}×{s['width']}",
             "",
-            f"{m['cpu']}, {m['cores']} cores"
+            f"{m['cpu']}{isa}, {m['cores']} cores"
             + (f", {', '.join(m['gpus'])}" if m['gpus'] else ", no GPU")
+            + (f", load average {load[0]:.1f}" if load else "")
             + f"; warm-up {s['warmup_ms']:g} ms, {mode}"
-            + ("; backends interleaved (--vs)" if s["vs"] else "") + ". Latency per query of `batch` images.",
+            + inter + ". Latency per query of `batch` images.",
             ""]
 
 
@@ -107,6 +115,20 @@ def _comparison_section(comparisons: list[dict]) -> list[str]:
     for c in comparisons:
         lines.append(f"| {c['backend']} | {c['vs']} | {c['batch']} | **{_ratio(c['ratio'])}** | "
                      f"{_ratio(c['paired']['min'])} – {_ratio(c['paired']['max'])} | {c['rounds']} |")
+    return lines
+
+
+def _quality_section(quality: list[dict]) -> list[str]:
+    if not quality:
+        return []
+    lines = ["", "**Quality guards** (each low-precision target against the FP32 reference on the hold-out photos, "
+                 "centre crops at this size):", "",
+             "| backend | vs | photos | max abs | mean abs | PSNR | guard |", "|---|---|---:|---:|---:|---:|---|"]
+    for q in quality:
+        psnr = "identical" if q["psnr_db"] is None else f"{q['psnr_db']:.1f} dB"
+        ok = "ok" if q["ok"] else "⚠ below"
+        lines.append(f"| {q['label']} | {q['reference']} | {q['images']} | {q['max_abs']:.2e} | {q['mean_abs']:.2e} "
+                     f"| {psnr} | {ok} (≥ {q['guard_psnr_db']:g} dB) |")
     return lines
 
 

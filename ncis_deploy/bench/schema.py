@@ -67,11 +67,20 @@ STAGES = _obj({
     "how": {"type": "string", "description": "how the stages were run (modules / per-stage ONNX graphs)"},
 }, description="--stages: GS (consecutive GS stages fused, as in the export) and each BSN pass timed separately")
 
-RESULT = _obj({
-    "backend": {"enum": ["torch", "onnxruntime", "tensorrt"]},
+PRECISION = {"enum": ["fp32", "bf16", "int8"], "description": "what the target computes in: fp32, bf16 (OpenVINO on "
+                                                             "a CPU with native BF16) or int8 (the export's Q/DQ "
+                                                             "int8 ONNX)"}
+
+RESULT_FIELDS = {
+    "backend": {"enum": ["torch", "onnxruntime", "tensorrt", "openvino"]},
     "device": {"type": "string", "description": "cpu, cuda, or the onnxruntime provider (cuda / tensorrt)"},
-    "label": {"type": "string", "description": "backend:device, as --backend and --vs accept it"},
+    "precision": PRECISION,
+    "label": {"type": "string", "description": "backend:device, plus :precision when not fp32, as --backend and --vs "
+                                               "accept it"},
     "providers": {"type": ["array", "null"], "items": STR, "description": "onnxruntime: providers of the live session"},
+    "runtime": {"type": ["object", "null"],
+                "description": "what the runtime reports it ran (OpenVINO: requested and compiled precision, runtime "
+                               "precision of its compute layers, CPU and ISA); null where it reports nothing"},
     "batch": {"type": "integer", "minimum": 1},
     "height": {"type": "integer", "minimum": 1},
     "width": {"type": "integer", "minimum": 1},
@@ -93,7 +102,29 @@ RESULT = _obj({
     "stages": {"type": ["object", "null"], "properties": STAGES["properties"], "required": STAGES["required"],
                "additionalProperties": False},
     "warnings": {"type": "array", "items": STR},
-})
+}
+# precision and runtime: absent in reports written before them
+RESULT = _obj(RESULT_FIELDS, required=[k for k in RESULT_FIELDS if k not in ("precision", "runtime")])
+
+QUALITY_ROW = _obj({"photo": STR, "max_abs": NUM, "mean_abs": NUM,
+                    "psnr_db": {"type": ["number", "null"], "description": "null: identical to the reference"}})
+
+QUALITY = _obj({
+    "label": {"type": "string", "description": "the low-precision target"},
+    "precision": PRECISION,
+    "reference": {"type": "string", "description": "what it is compared with: onnxruntime:cpu, the FP32 ONNX"},
+    "photos": {"type": "string", "description": "the bundled photo split (holdout: never trained or calibrated on)"},
+    "images": {"type": "integer", "minimum": 1},
+    "height": {"type": "integer", "minimum": 1}, "width": {"type": "integer", "minimum": 1},
+    "max_abs": {"type": "number", "minimum": 0, "description": "max |target - reference| over every pixel"},
+    "mean_abs": {"type": "number", "minimum": 0},
+    "psnr_db": {"type": ["number", "null"], "description": "PSNR of the target's output against the reference's, "
+                                                           "all photos together (images in [0, 1]); null: identical"},
+    "per_photo": {"type": "array", "items": QUALITY_ROW},
+    "guard_psnr_db": {"type": "number", "description": "the PSNR below which the result is flagged (a warning)"},
+    "ok": {"type": "boolean", "description": "psnr_db >= guard_psnr_db (or identical)"},
+}, description="quality guard of one non-FP32 target: its purified hold-out photos (centre crops at the bench's "
+               "H×W) against ORT FP32's, errors through ncis_deploy.runners.compare")
 
 COMPARISON = _obj({
     "backend": STR, "vs": STR,
@@ -140,10 +171,17 @@ SCHEMA: dict[str, Any] = _obj({
         "cpu": STR, "cores": {"type": ["integer", "null"]},
         "isa": {"type": "array", "items": STR, "description": "the CPU's vector/matrix ISA flags (avx512f, "
                                                               "avx512_vnni, amx_tile, ...): CPU speed depends on them"},
+        "native_precisions": {"type": "array", "items": STR,
+                              "description": "precisions this CPU computes natively (f32; bf16, int8 from its ISA)"},
+        "load_average": _obj({"before": {"type": ["array", "null"], "items": NUM},
+                              "after": {"type": ["array", "null"], "items": NUM}},
+                             required=["before"],
+                             description="1/5/15-minute load averages before and after the run (a shared machine "
+                                         "is noisy: ratios measured interleaved are the figures to quote)"),
         "gpus": {"type": "array", "items": STR},
         "platform": STR, "python": STR,
         "versions": {"type": "object", "description": "package versions (torch, onnxruntime, onnx, numpy, ...)"},
-    }, required=["cpu", "cores", "gpus", "platform", "python", "versions"]),  # isa: absent in reports before it
+    }, required=["cpu", "cores", "gpus", "platform", "python", "versions"]),  # isa and later: absent before them
     "settings": _obj({
         "warmup_ms": {"type": "number", "minimum": 0},
         "duration_s": {"type": ["number", "null"], "description": "time-based runs: seconds per case (null with "
@@ -154,11 +192,14 @@ SCHEMA: dict[str, Any] = _obj({
         "torch_threads": {"type": "integer"},
         "cuda_graph": {"type": "boolean"}, "data_transfers": {"type": "boolean"}, "stages": {"type": "boolean"},
         "vs": {"type": ["string", "null"]},
+        "vs_default": {"type": "boolean", "description": "vs is onnxruntime:cpu because the backend list was "
+                                                         "defaulted (not --vs)"},
         "batches": {"type": "array", "items": {"type": "integer", "minimum": 1}},
         "height": {"type": "integer", "minimum": 1}, "width": {"type": "integer", "minimum": 1},
         "seed": {"type": "integer"},
         "statistics": {"type": "object", "description": "percentile / median / variation conventions"},
-    }),
+    }, required=["warmup_ms", "duration_s", "iterations", "min_iterations", "threads", "torch_threads", "cuda_graph",
+                 "data_transfers", "stages", "vs", "batches", "height", "width", "seed", "statistics"]),
     "purifier": _obj({
         "source": STR,
         "export_dir": {"type": ["string", "null"]},
@@ -170,12 +211,16 @@ SCHEMA: dict[str, Any] = _obj({
     }),
     "results": {"type": "array", "items": RESULT},
     "comparisons": {"type": "array", "items": COMPARISON},
+    "quality": {"type": "array", "items": QUALITY,
+                "description": "one quality guard per non-FP32 target (absent in reports written before them)"},
     "context": {"type": "array", "items": CONTEXT},
     "skipped": {"type": "array", "items": _obj({"backend": STR, "batch": {"type": ["integer", "null"]},
                                                 "reason": STR})},
     "warnings": {"type": "array", "items": STR},
     "notes": {"type": "array", "items": STR},
-}, description=f"{FORMAT} report, format_version {FORMAT_VERSION}")
+}, required=["format", "format_version", "created", "command", "machine", "settings", "purifier", "results",
+             "comparisons", "context", "skipped", "warnings", "notes"],
+    description=f"{FORMAT} report, format_version {FORMAT_VERSION}")
 
 
 class SchemaError(ValueError):

@@ -4,8 +4,8 @@ An adapter owns an active runner and, per batch, an input. ``prepare(x)`` makes 
 (``Runner.infer``) and sets up whatever later calls reuse (device buffers, a CUDA graph); ``run_once()`` runs one
 query and returns its times in seconds:
 
-* CPU (torch, onnxruntime CPU): ``{"host"}``, the host clock around ``Runner.infer_impl`` (the input was checked
-  once in ``prepare``; re-checking values every query would add a pass over the input to every timing).
+* CPU (torch, onnxruntime CPU, OpenVINO): ``{"host"}``, the host clock around ``Runner.infer_impl`` (the input was
+  checked once in ``prepare``; re-checking values every query would add a pass over the input to every timing).
 * GPU, as trtexec splits it: ``{"host", "h2d", "compute", "d2h"}``. torch and TensorRT: CUDA events on the stream
   around each part, from pinned host memory (trtexec's setup). onnxruntime: the host clock around the three
   synchronous calls of the runner's IO binding (:class:`~ncis_deploy.runners.onnxruntime.DeviceBinding`).
@@ -32,14 +32,21 @@ from ncis_deploy.errors import UserError
 perf = time.perf_counter
 
 
+FP32 = "fp32"
+PRECISIONS = (FP32, "bf16", "int8")  # what a bench target computes in; FP32 unless the spec says otherwise
+
+
 @dataclass(frozen=True)
 class BackendSpec:
-    backend: str  # torch | onnxruntime | tensorrt
-    device: str  # torch: cpu | cuda; onnxruntime: cpu | cuda | tensorrt (its provider); tensorrt: cuda
+    backend: str  # torch | onnxruntime | tensorrt | openvino
+    device: str  # torch: cpu | cuda; onnxruntime: cpu | cuda | tensorrt (its provider); tensorrt: cuda; openvino: cpu
+    precision: str = FP32  # fp32 | bf16 (openvino) | int8 (onnxruntime:cpu, openvino: the export's Q/DQ artifact)
 
     @property
     def label(self) -> str:
-        return f"{self.backend}:{self.device}"
+        """``backend:device``, plus ``:precision`` when it is not FP32 (so FP32 labels read as before)."""
+        base = f"{self.backend}:{self.device}"
+        return base if self.precision == FP32 else f"{base}:{self.precision}"
 
     @property
     def on_gpu(self) -> bool:
@@ -145,6 +152,12 @@ class Target:
     def providers(self) -> list[str] | None:
         return list(self.runner.providers) if hasattr(self.runner, "providers") else None
 
+    @property
+    def runtime(self) -> dict | None:
+        """What the runtime says it really ran (OpenVINO: the compiled precision and layer precisions), or None."""
+        record = getattr(self.runner, "record", None)
+        return dict(record) if isinstance(record, dict) else None
+
     def activate(self) -> "Target":
         self.runner.activate()
         return self
@@ -183,7 +196,10 @@ class Target:
 
 
 class HostTarget(Target):
-    """torch on CPU, onnxruntime with the CPU provider."""
+    """torch on CPU, onnxruntime with the CPU provider, OpenVINO."""
+
+
+OPENVINO_PRECISION = {FP32: "f32", "bf16": "bf16", "int8": "int8"}  # bench's names -> the OpenVINO runner's
 
 
 # ------------------------------------------------------------------------------------------------ torch on CUDA
@@ -380,6 +396,9 @@ def make_target(spec: BackendSpec, artifact, *, threads: int | None = None, cuda
                     "trt_profile": ((min(batches), 3, h, w), (max(batches), 3, h, w), (max(batches), 3, h, w))}
         runner = make_runner("onnxruntime", artifact, providers=providers, threads=threads, io_binding=True, **opts)
         return OrtGpuTarget(spec, runner, **kw)
+    if spec.backend == "openvino":
+        runner = make_runner("openvino", artifact, precision=OPENVINO_PRECISION[spec.precision], threads=threads)
+        return HostTarget(spec, runner, **kw)
     if spec.backend == "tensorrt":
         return TensorRTTarget(spec, make_runner("tensorrt", artifact, use_cuda_graph=cuda_graph,
                                                     plugin_libraries=trt_plugins), **kw)

@@ -9,7 +9,7 @@ import click
 
 from ncis_deploy.bench.core import DEFAULT_BATCHES, DEFAULT_DURATION_S, DEFAULT_HW, BenchOptions
 from ncis_deploy.cli import command_line, default_help, given, user_errors, write_outputs
-from ncis_deploy.exporters.manifest import DEFAULT_DIR
+from ncis_deploy.exporters.manifest import DEFAULT_DIR, ONNX_INT8
 
 OPTIONS = BenchOptions  # where this command's defaults live
 _d = default_help(OPTIONS)
@@ -19,17 +19,20 @@ _d = default_help(OPTIONS)
     min / mean / median / p90 / p95 / p99 / max, on GPU the H2D / compute / D2H split, peak memory, and a variance
     warning.
 
-    With no arguments: the default export (./{DEFAULT_DIR}, exported first if missing) on every backend usable here,
-    batches {' and '.join(map(str, DEFAULT_BATCHES))}, plus a stand-in DiffPure-class row for context. Prints a
-    Markdown table.
+    With no arguments: the default export (./{DEFAULT_DIR}, exported first if missing) on every backend × precision
+    usable here, each measured interleaved with ONNX Runtime FP32 on the CPU (ratios in one run, quality guards for
+    every bf16 / int8 target), batches {' and '.join(map(str, DEFAULT_BATCHES))}, plus a stand-in DiffPure-class row
+    for context. Prints a Markdown table.
     """)
 @click.argument("export_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--preset", type=str, default=None,
               help="Benchmark a preset (none, gs, ncis), exported in memory, instead of an export directory.")
 @click.option("--backend", "backends", multiple=True, metavar="B",
-              help="torch, onnxruntime or tensorrt, optionally with a device: torch:cpu, torch:cuda, onnxruntime:cpu, "
-                   "onnxruntime:cuda, onnxruntime:tensorrt (its TensorRT provider). Repeatable. "
-                   "[default: every backend usable here]")
+              help="torch, onnxruntime, tensorrt or openvino, optionally with a device and a precision "
+                   "(backend[:device][:precision]): torch:cpu, torch:cuda, onnxruntime:cpu, onnxruntime:cuda, "
+                   "onnxruntime:tensorrt (its TensorRT provider), onnxruntime:cpu:int8, openvino (f32), openvino:bf16, "
+                   f"openvino:int8 (int8 runs an export's {ONNX_INT8}). Repeatable. "
+                   "[default: every backend and precision usable here]")
 @click.option("--batch", "batches", type=int, multiple=True, metavar="N",
               help=f"Batch size; repeatable. [default: {' and '.join(map(str, DEFAULT_BATCHES))}]")
 @click.option("--height", type=int, default=None, help=f"Image height [default: the export's, else {DEFAULT_HW}].")
@@ -40,7 +43,8 @@ _d = default_help(OPTIONS)
               help=f"Timed seconds per case, at least 3 iterations [default: {DEFAULT_DURATION_S:g}].")
 @click.option("--iterations", type=int, default=None, metavar="N",
               help="Exactly N timed iterations per case, instead of --duration.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime [default: their own].")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for torch, onnxruntime and openvino [default: their own].")
 @click.option("--cuda-graph", is_flag=True, default=None,
               help="GPU: replay each query as a CUDA graph (trtexec --useCudaGraph).")
 @click.option("--no-data-transfers", is_flag=True, default=None,
@@ -48,7 +52,9 @@ _d = default_help(OPTIONS)
 @click.option("--stages", is_flag=True, default=None,
               help="Also time GS and each BSN pass on their own (torch, onnxruntime).")
 @click.option("--vs", type=str, default=None, metavar="B",
-              help="Measure the backends interleaved with B in one run and report the throughput ratio per batch.")
+              help="Measure the backends interleaved with B in one run and report the throughput ratio per batch; "
+                   "'none' measures them one after another. [default: onnxruntime:cpu when --backend is not given "
+                   "and it is usable, else none]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON (its schema: --schema).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,

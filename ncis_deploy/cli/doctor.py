@@ -16,7 +16,7 @@ OPTIONS = None  # --json only: nothing with a default
 @user_errors
 def doctor(as_json):
     """Show which backends, ONNX Runtime execution providers and GPUs are really usable on this machine
-    (each provider is checked on a live session, not just listed)."""
+    (each provider is checked on a live session, not just listed), and the CPU's ISA flags and native precisions."""
     from ncis_deploy.doctor import render, report
 
     r = report()

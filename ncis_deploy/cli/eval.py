@@ -9,6 +9,7 @@ import click
 
 from ncis_deploy.cli import command_line, default_help, given, user_errors, write_outputs
 from ncis_deploy.errors import UserError
+from ncis_deploy.eval.backends import backend_choices
 from ncis_deploy.eval.core import EvalOptions, _fmt_eps
 from ncis_deploy.eval.sweep import DEFAULT_EPS as SWEEP_EPS, DEFAULT_GRID
 
@@ -84,6 +85,15 @@ def _parse_eps(text: str, option: str = "--eps") -> float:
                    + _d("batch"))
 @click.option("--seed", type=int, default=None, help="Seed for crops, random starts and DI." + _d("seed"))
 @click.option("--parity/--no-parity", default=None, help="Compare ORT vs torch purification." + _d("parity"))
+@click.option("--backend", "backends", multiple=True, metavar="NAME[:PRECISION]",
+              help="Also purify the clean and purifier-blind / transfer adversarial images with this backend and "
+                   f"precision ({backend_choices()}; repeatable) and report clean and robust agreement, top-1 "
+                   "agreement and PSNR against the FP32 torch purifier, with the low-precision guards. Adaptive "
+                   "attacks stay torch-only.")
+@click.option("--export", "export_dir", type=click.Path(path_type=Path), default=None,
+              help="Export directory the --backend runs read their artifacts from (int8: one made with `ncis-deploy "
+                   "export --int8`); its purifier must be one of the --preset. Default: each preset's FP32 ONNX, "
+                   "built by the run.")
 @click.option("--sweep", is_flag=True,
               help="Instead: clean vs purifier-blind robust agreement over a grid of GS (kernel, sigma, iterations) "
                    "and BSN iterations (the first --eps, --steps PGD steps), to choose presets by measurement.")
@@ -93,6 +103,13 @@ def _parse_eps(text: str, option: str = "--eps") -> float:
                    + "; ".join(f"{_GRID_LETTERS[k]} {','.join(f'{v:g}' for v in vs)}" for k, vs in DEFAULT_GRID.items())
                    + ").")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
+@click.option("--report", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write DIR/index.html (opens from disk): the tables, the plot, the settings and per image clean | "
+                   "adversarial | perturbation | purified by each preset | what each removed, with class names; the "
+                   "attack shown is PGD at the --eps nearest 8/255, reused from the run.")
+@click.option("--save-adversarial", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write the adversarial set to DIR as 8-bit PNGs (within ε after rounding; the eval measures these) "
+                   "with each preset's purified versions and labels.csv, e.g. to benchmark an image API.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Plot robust rate vs ε per preset and threat model (sweep: clean vs robust scatter; needs "
                    "matplotlib).")
@@ -100,7 +117,7 @@ def _parse_eps(text: str, option: str = "--eps") -> float:
 @user_errors
 def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps, adaptive_eps, eps_l2, steps,
              adaptive_steps, adaptive_images, transfer_steps, surrogates, eot, crops, images, size, batch, seed, parity,
-             sweep, grid_specs, json_path, plot_path):
+             backends, export_dir, sweep, grid_specs, json_path, report, save_adversarial, plot_path):
     """Accuracy parity and robustness of each purifier preset under purifier-blind, transfer and adaptive attacks.
 
     With no arguments: efficientnet-lite0 on 22 crops of the bundled photos, presets none / gs / ncis, clean,
@@ -118,10 +135,16 @@ def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps, adap
         adaptive_eps=tuple(_parse_eps(e, "--adaptive-eps") for e in adaptive_eps), eps_l2=eps_l2, steps=steps,
         adaptive_steps=adaptive_steps, adaptive_images=adaptive_images, transfer_steps=transfer_steps,
         surrogates=tuple(surrogates), eot=eot, crops=crops, images=images, size=size, batch=batch, seed=seed,
-        parity=parity, weights=str(weights) if weights else None))
+        parity=parity, weights=str(weights) if weights else None, backends=tuple(backends),
+        export_dir=str(export_dir) if export_dir else None, report=str(report) if report else None,
+        save_adversarial=str(save_adversarial) if save_adversarial else None))
     say = lambda msg: click.echo(f"  {msg}", err=True)  # noqa: E731
     if grid_specs and not sweep:
         raise UserError("--grid only applies to --sweep; add --sweep or drop --grid")
+    if sweep and (backends or export_dir):
+        raise UserError("--backend and --export apply to plain eval, not --sweep; drop them or --sweep")
+    if sweep and (report or save_adversarial):
+        raise UserError("--report and --save-adversarial apply to plain eval, not --sweep; drop them or --sweep")
     if sweep:
         from ncis_deploy.eval.sweep import parse_grid, plot_sweep, render_sweep, run_sweep
 

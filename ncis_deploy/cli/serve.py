@@ -8,6 +8,7 @@ import click
 
 from ncis_deploy.cli import default_help, given, user_errors
 from ncis_deploy.exporters.manifest import BACKEND_ARTIFACT
+from ncis_deploy.runners.openvino import PRECISIONS
 from ncis_deploy.serve import ServeOptions
 
 OPTIONS = ServeOptions  # where this command's defaults live
@@ -34,21 +35,25 @@ _d = default_help(OPTIONS)
               help="Model instances (each its own runner), so batches run concurrently." + _d("instances"))
 @click.option("--queue-delay-us", type=int, default=None,
               help="Dynamic batching: how long a request may wait for others to join its batch." + _d("queue_delay_us"))
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
-              help=f"Runner behind the server: onnxruntime ({BACKEND_ARTIFACT['onnxruntime']}) or tensorrt "
-                   f"({BACKEND_ARTIFACT['tensorrt']}, GPU)."
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None,
+              help=f"Runner behind the server: onnxruntime ({BACKEND_ARTIFACT['onnxruntime']}), openvino "
+                   f"({BACKEND_ARTIFACT['openvino']}, CPU) or tensorrt ({BACKEND_ARTIFACT['tensorrt']}, GPU)."
                    + _d("backend"))
 @click.option("--device", default=None, help="onnxruntime device: cpu, cuda or cuda:N." + _d("device"))
-@click.option("--threads", type=int, default=None, help="Intra-op threads per onnxruntime instance [default: "
+@click.option("--threads", type=int, default=None, help="Threads per onnxruntime / openvino instance [default: "
                                                         "cores / instances].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="openvino only: auto picks bf16 where the CPU has native BF16, else f32; int8 serves the export's "
+                   "`--int8` artifact." + _d("precision"))
 @click.option("--verbose", is_flag=True, default=None, help="Show tritonserver's own log.")
 @user_errors
 def serve(export_dir, host, http_port, grpc_port, metrics_port, max_batch, instances, queue_delay_us, backend, device,
-          threads, verbose):
+          threads, precision, verbose):
     from ncis_deploy.serve import serve_forever
 
     opts = ServeOptions(**given(export_dir=str(export_dir) if export_dir is not None else None, host=host,
                                 http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                 max_batch=max_batch, instances=instances, queue_delay_us=queue_delay_us,
-                                backend=backend, device=device, threads=threads, verbose=verbose))
+                                backend=backend, device=device, threads=threads, precision=precision,
+                                verbose=verbose))
     serve_forever(opts, say=lambda msg: click.echo(msg, err=True))

@@ -3,8 +3,10 @@
 Layout of a run: load the classifier and the data; label the bundled photos by the undefended clean top-1 if no
 labels were given; for each preset, measure clean; make each purifier-blind / transfer attack once per ``eps`` (it
 does not depend on the preset) and pass the adversarial images through every preset; run each adaptive attack per
-preset and ``adaptive_eps`` (it does); compare ORT vs torch purification; run the sanity checks. The report is one
-JSON-able dict.
+preset and ``adaptive_eps`` (it does); compare ORT vs torch purification; with ``backends``, purify the clean and
+purifier-independent adversarial images again with each backend / precision and compare (:mod:`.backends`); run the
+sanity checks. The report is one JSON-able dict. With ``report`` / ``save_adversarial``, the images the run made for
+one attack and ε are kept on the way and written last, as a page and an 8-bit set (:mod:`.report`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import Classifier, load_classifier
 from ncis_deploy.eval.dataset import EvalSet, bundled, check_labels, from_folder
+from ncis_deploy.eval.report import Shown, check_destinations, choose_shown, eight_bit, round_adversarial, write_outputs
 
 log = logging.getLogger("ncis_deploy")
 
@@ -71,6 +74,11 @@ class EvalOptions:
     transfer_steps: int = 10
     parity: bool = True
     weights: str | None = None
+    # also purify with these runners (NAME[:PRECISION], see eval/backends.py) and compare with torch FP32
+    backends: tuple[str, ...] = ()
+    export_dir: str | None = None  # None: each preset's FP32 ONNX, built by the run (int8 needs an `export --int8`)
+    report: str | None = None  # folder for index.html: tables, plot, image grid, settings (eval/report.py)
+    save_adversarial: str | None = None  # folder for the adversarial set as 8-bit PNGs + labels.csv
 
 
 def check_options(o: EvalOptions) -> None:
@@ -117,6 +125,8 @@ def load_eval_set(o: EvalOptions, clf: Classifier) -> EvalSet:
     if o.images:
         ds = ds.subset(o.images)
     check_labels(ds, clf.num_classes, clf.name)
+    if o.save_adversarial:  # the saved set is 8-bit PNGs: measure those, not their float originals
+        ds.images = eight_bit(ds.images)
     if ds.labels is None:
         ds.labels = clf.predict(ds.images, o.batch)
     return ds
@@ -200,36 +210,54 @@ class _Run:
     rows: list[dict] = field(default_factory=list)
     trajectories: dict[str, list[float]] = field(default_factory=dict)
     purified_clean: dict[str, torch.Tensor] = field(default_factory=dict)
+    # kept only for --backend: the images of each attack made without the purifier, (attack, eps) -> x_adv, and
+    # what torch did with every set, (preset, attack, eps) -> (purified, logits, rate)
+    adversarial: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    torch_sets: dict[tuple, tuple] = field(default_factory=dict)
+    backend_presets: frozenset = frozenset()  # the presets --backend runs
     blind_correct: dict[tuple, torch.Tensor] = field(default_factory=dict)
     transfer_correct: dict[tuple, torch.Tensor] = field(default_factory=dict)
     sub_index: torch.Tensor | None = field(init=False)
+    shown: Shown | None = field(init=False)  # --report / --save-adversarial: the attack and ε they show, kept
 
     def __post_init__(self):
         # adaptive attacks backpropagate through the purifier: on CPU they get a subset spread over the set, and the
         # purifier-blind figures are also reported on that same subset for the sanity check
         adaptive = any(a in ADAPTIVE for a in self.o.attacks)
         self.sub_index = subset_index(len(self.ds), self.o.adaptive_images) if adaptive else None
+        self.shown = choose_shown(self.o.attacks, self.o.eps) if self.o.report or self.o.save_adversarial else None
 
 
 def run_eval(o: EvalOptions, progress: Callable[[str], None] | None = None, bars: bool = False,
              command: str | None = None) -> dict:
+    from ncis_deploy.eval import backends as B
+
     o = with_default_surrogates(o)
     check_options(o)
+    specs = B.check_backends(o.backends, o.export_dir)
+    check_destinations(o.report, o.save_adversarial)
     say = _StageClock(progress)
     torch.manual_seed(o.seed)
     o, clf, surrogates = _load_classifiers(o, say)
     ds = load_eval_set(o, clf)
     say(f"{len(ds)} images from {ds.source}; metric: {ds.metric}")
     run = _Run(o, clf, surrogates, ds, _load_purifiers(o), say, _Progress(bars))
+    plan = B.plan_backends(specs, o.export_dir, run.purifiers, o.size) if specs else None
+    run.backend_presets = frozenset(plan.presets if plan else ())
     _measure_clean(run)
     for attack in o.attacks:
         _measure_attack(run, attack)
     parity = run_parity(run.purifiers, run.purified_clean, ds, clf, o, say) if o.parity else []
     report = _report(run, parity, command)
+    if plan is not None:
+        report["precisions"] = B.run_backends(plan, run.purifiers, lambda p: _image_sets(run, p), clf, ds.labels,
+                                              o.batch, [a for a in o.attacks if a in ADAPTIVE], say)
     say("sanity checks")
     report["sanity"] = sanity_checks(report, run.blind_correct, run.sub_index, run.transfer_correct)
     report["stage_seconds"] = say.timings
     report["wall_s"] = round(time.perf_counter() - say.start, 1)
+    if run.shown is not None:
+        report["outputs"] = write_outputs(run, report, plot)
     for s in report["sanity"]:
         if not s["ok"]:
             log.warning("SANITY CHECK FAILED: %s: %s", s["check"], s["detail"])
@@ -260,8 +288,35 @@ def _measure_clean(run: _Run) -> None:
         run.say(f"clean: {p}")
         xp = _purify(pur, run.ds.images, run.o.batch)
         run.purified_clean[p] = xp
-        ok = run.clf.predict(xp, run.o.batch) == run.ds.labels
+        ok = _classify(run, p, "clean", 0.0, xp)
         run.rows.append(_row(p, "clean", "clean", 0.0, "linf", 0, ok, run.ds.metric))
+
+
+def _classify(run: _Run, preset: str, attack: str, eps: float, purified: torch.Tensor) -> torch.Tensor:
+    """The classifier's correct mask on ``purified``; for --backend, torch's purified images and logits are kept
+    as the reference the backends are compared with."""
+    logits = run.clf.logits(purified, run.o.batch)
+    ok = logits.argmax(1) == run.ds.labels
+    if preset in run.backend_presets:
+        run.torch_sets[(preset, attack, eps)] = (purified, logits, float(ok.float().mean()))
+    if run.shown is not None and run.shown.wants(attack, eps):
+        run.shown.purified[preset] = (purified, logits)
+    return ok
+
+
+def _image_sets(run: _Run, preset: str) -> list:
+    """What --backend purifies for ``preset``: the clean images, then every attack made without the purifier."""
+    from ncis_deploy.eval.backends import ImageSet
+
+    sets = []
+    for (p, attack, eps), (purified, logits, rate) in run.torch_sets.items():
+        if p != preset:
+            continue
+        x = run.ds.images if attack == "clean" else run.adversarial[(attack, eps)]
+        norm = "l2" if attack == "pgd-l2" else "linf"
+        sets.append(ImageSet(attack, "clean" if attack == "clean" else ATTACKS[attack][0],
+                             "—" if attack == "clean" else _fmt_eps(eps, norm), x, purified, logits, rate))
+    return sets
 
 
 def _measure_attack(run: _Run, attack: str) -> None:
@@ -289,9 +344,15 @@ def _made_without_purifier(run: _Run, attack: str, eps: float) -> None:
     made_on = "classifier" if grad_of == "classifier" else "surrogates"
     run.trajectories[f"{attack}@{_fmt_eps(eps, norm)}|{made_on}"] = out.trajectory
     transfer_note = GHOST_NOTE if GHOST in o.surrogates and clf.name == "efficientnet-lite0" else ""
+    if o.save_adversarial and norm == "linf":  # measure the 8-bit images the saved set holds (within ε)
+        out.x_adv = round_adversarial(out.x_adv, ds.images, eps)
+    if run.shown is not None and run.shown.wants(attack, eps):
+        run.shown.x_adv = out.x_adv
+    if run.backend_presets:
+        run.adversarial[(attack, eps)] = out.x_adv
     for p, pur in run.purifiers.items():
         run.say(f"{attack} {_fmt_eps(eps, norm)}: purify with {p} and classify")
-        ok = clf.predict(_purify(pur, out.x_adv, o.batch), o.batch) == ds.labels
+        ok = _classify(run, p, attack, eps, _purify(pur, out.x_adv, o.batch))
         if attack in ("pgd", "transfer"):
             (run.blind_correct if attack == "pgd" else run.transfer_correct)[(p, eps)] = ok
         run.rows.append(_row(p, attack, threat, eps, norm, steps, ok, ds.metric,
@@ -451,6 +512,10 @@ def render_markdown(report: dict) -> str:
                      f"{any_r['images']} | " + " | ".join(vals) + " |")
     if notes:
         lines += ["", "Note: " + "; ".join(dict.fromkeys(notes)) + "."]
+    if report.get("precisions"):
+        from ncis_deploy.eval.backends import render
+
+        lines += [""] + render(report["precisions"], metric, report["data"]["images"])
     if report["parity"]:
         lines += ["", "| backend parity | images | max abs diff | top-1 agreement (goal ≥ 99.9%) |", "|---|---|---|---|"]
         for p in report["parity"]:

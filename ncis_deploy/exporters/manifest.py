@@ -31,7 +31,9 @@ FORMAT, FORMAT_VERSION = "ncis-deploy/export", 1
 DEFAULT_DIR = "ncis_export"
 ONNX, ONNX_FP16, ONNX_CLASSIFIER, ENGINE = (
     "purifier.onnx", "purifier_fp16.onnx", "purifier_classifier.onnx", "purifier.engine")
-BACKEND_ARTIFACT = {"onnxruntime": ONNX, "tensorrt": ENGINE}  # what each deployable backend runs from an export
+ONNX_INT8 = "purifier_int8.onnx"
+# what each deployable backend runs from an export (openvino at precision int8: ONNX_INT8, see Export.artifact_for)
+BACKEND_ARTIFACT = {"onnxruntime": ONNX, "tensorrt": ENGINE, "openvino": ONNX}
 STALE_WITHOUT_PID_S = 3600  # siblings named before the PID was part of the name: stale once this old
 
 
@@ -205,8 +207,9 @@ class Export:
             self._verified.add(name)
         return p
 
-    def artifact_for(self, backend: str) -> Path:
-        """The verified artifact ``backend`` runs (see :data:`BACKEND_ARTIFACT`)."""
+    def artifact_for(self, backend: str, precision: str | None = None) -> Path:
+        """The verified artifact ``backend`` runs (see :data:`BACKEND_ARTIFACT`); openvino at ``precision`` int8
+        runs the quantized ONNX_INT8 instead."""
         if backend not in BACKEND_ARTIFACT:
             raise UserError(f"backend must be one of {', '.join(BACKEND_ARTIFACT)}, got {backend!r}")
         if backend == "tensorrt":
@@ -214,8 +217,11 @@ class Export:
             return self.path(ENGINE, (f"it was not built ({why}); " if why else "") +
                              f"build one with: ncis-deploy export --tensorrt --out {self.dir} on a GPU machine with TensorRT")
         if self.plugin is not None:
+            runtime = "OpenVINO" if backend == "openvino" else "ONNX Runtime"
             raise UserError(f"export {self.dir} runs GS as the TensorRT plugin node {self.plugin.get('op_type', '?')}, "
-                            "which ONNX Runtime cannot run; export without --smoothing plugin, or use --backend tensorrt")
+                            f"which {runtime} cannot run; export without --smoothing plugin, or use --backend tensorrt")
+        if backend == "openvino" and precision == "int8":
+            return self.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {self.dir}")
         return self.path(ONNX)
 
 

@@ -1,4 +1,5 @@
-"""``ncis-deploy export``: purifier → ONNX (+ FP16 ONNX, + purifier+classifier ONNX, + TensorRT engine) + manifest.
+"""``ncis-deploy export``: purifier → ONNX (+ FP16 ONNX, + INT8 ONNX, + purifier+classifier ONNX, + TensorRT engine)
++ manifest.
 
 Everything is written through :func:`.manifest.staged_export` (a temporary sibling moved into place only when every
 artifact is written and every check passed), so a failed or interrupted export leaves nothing half written and an
@@ -21,8 +22,8 @@ import torch
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import onnx as onnx_export
 from ncis_deploy.exporters import plugin_ref
-from ncis_deploy.exporters.manifest import (DEFAULT_DIR, ENGINE, ONNX, ONNX_CLASSIFIER, ONNX_FP16, ExportWriter,
-                                            check_out, new_manifest, sha256_file, staged_export)
+from ncis_deploy.exporters.manifest import (DEFAULT_DIR, ENGINE, ONNX, ONNX_CLASSIFIER, ONNX_FP16, ONNX_INT8,
+                                            ExportWriter, check_out, new_manifest, sha256_file, staged_export)
 from ncis_deploy.exporters.classifier import load_classifier, merge_classifier
 from ncis_deploy.exporters.parity import (FP32_TOLERANCE, bsn_tap_report, check_parity, classifier_agreement,
                                           parity_inputs, reference_parity)
@@ -42,6 +43,8 @@ class ExportOptions:
     batch: tuple[int, int, int] = (1, 8, 32)  # TensorRT optimization profile MIN:OPT:MAX (the ONNX batch is dynamic)
     opset: int = 18
     fp16: bool = False
+    int8: bool = False  # also write an INT8 ONNX with explicit Q/DQ (exporters/quantize.py)
+    calibration: str | None = None  # --int8 calibration image folder; None: the bundled training photos
     tensorrt: bool | None = None  # None: build an engine when TensorRT and a GPU are usable
     version_compatible: bool = False
     workspace_gib: float = 4.0
@@ -108,6 +111,8 @@ def export(opts: ExportOptions, progress=None) -> dict:
         _write_fp32(job, writer)
         if opts.fp16:
             _write_fp16(job, writer)
+        if opts.int8:
+            _write_int8(job, writer)
         if opts.classifier:
             _write_classifier(job, writer)
         manifest["tensorrt"] = _build_engine(job, writer)
@@ -130,6 +135,7 @@ class _Job:
     classifier: onnx.ModelProto | None
     model: onnx.ModelProto | None = None
     cases: list = field(default_factory=list)
+    calibration: object = None  # quantize.Calibration, loaded (and checked) before any work when --int8
 
     def build_onnx(self, fp16: bool) -> onnx.ModelProto:
         """The purifier graph, checked by onnx.checker and by the TensorRT op gate."""
@@ -167,7 +173,9 @@ def _prepare(opts: ExportOptions, say) -> _Job:
     check_out(Path(opts.out))
     purifier = load_purifier(opts.source, weights=opts.weights)
     classifier = load_classifier(opts.classifier, opts.opset) if opts.classifier else None
-    return _Job(opts, say, plugin, trt_ok, trt_reason, purifier, classifier)
+    job = _Job(opts, say, plugin, trt_ok, trt_reason, purifier, classifier)
+    job.calibration = _check_int8_options(opts, plugin, purifier)
+    return job
 
 
 def _new_manifest(job: _Job) -> dict:
@@ -178,7 +186,7 @@ def _new_manifest(job: _Job) -> dict:
         input={"name": onnx_export.INPUT, "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0],
                "shape": ["batch", 3, "height" if o.dynamic_hw else h, "width" if o.dynamic_hw else w]},
         output={"name": onnx_export.OUTPUT, "dtype": "float32", "range": [0.0, 1.0]},
-        options={k: v for k, v in asdict(o).items() if k != "extra"} | {"batch": list(o.batch)},
+        options=_jsonable({k: v for k, v in asdict(o).items() if k != "extra"} | {"batch": list(o.batch)}),
         versions=versions())
     if job.plugin:
         manifest["plugin"] = {"op_type": plugin_ref.PLUGIN_NAME, "domain": onnx_export.PLUGIN_DOMAIN,
@@ -226,6 +234,49 @@ def _write_fp16(job: _Job, writer: ExportWriter) -> None:
                          tolerance=None, fp16=True) if job.plugin
         else check_parity(job.purifier, data, job.cases, tolerance=None, label="FP16 ONNX"))
     writer.record(ONNX_FP16, "onnx", **_io(m16), precision="fp16", opset=o.opset, nodes=len(m16.graph.node))
+
+
+def _check_int8_options(opts: ExportOptions, plugin: bool, purifier):
+    """Validate --int8 / --calibration and load the calibration images (a bad folder fails here, before any work)."""
+    if opts.calibration is not None and not opts.int8:
+        raise UserError("--calibration is only used with --int8")
+    if not opts.int8:
+        return None
+    if plugin:
+        raise UserError("--int8 is calibrated and checked on ONNX Runtime, which cannot run the plugin node: export "
+                        "it with --smoothing matmul")
+    if purifier.bsn is None:
+        raise UserError("--int8 quantizes the blind-spot network and this purifier has none (it is GS only or the "
+                        "identity); export it without --int8")
+    from ncis_deploy.exporters.quantize import calibration_set
+
+    return calibration_set(opts.calibration, opts.height, opts.width)
+
+
+def _write_int8(job: _Job, writer: ExportWriter) -> None:
+    """The INT8 ONNX (explicit Q/DQ, see exporters/quantize.py) and its guards: masked taps still exactly 0, the
+    blind spot of its own BSN, and its error against the FP32 artifact on the hold-out photos."""
+    from ncis_deploy.exporters import quantize
+    from ncis_deploy.exporters.gate import check_tensorrt_compatible
+
+    o, manifest = job.opts, writer.manifest
+    job.say(f"INT8 ONNX: calibrating on {job.calibration.source}, writing explicit Q/DQ, checking it against FP32")
+    m8 = quantize.quantize(job.model, job.calibration)
+    onnx.checker.check_model(m8, full_check=True)
+    check_tensorrt_compatible(m8)
+    data = _save(writer, ONNX_INT8, m8)
+    report = quantize.quality_report(
+        writer.path(ONNX).read_bytes(), data, quantize.holdout_cases(o.height, o.width),
+        classifier=job.classifier.SerializeToString() if job.classifier is not None else None,
+        mean=o.classifier_mean, std=o.classifier_std)
+    report["masked_taps"] = quantize.masked_taps_report(job.model, m8)
+    report["blind_spot"] = quantize.blind_spot_report(m8, o.height, o.width)
+    manifest["parity"]["int8"] = report
+    if not report["meets_psnr_target"]:
+        job.say(f"warning: INT8 PSNR vs FP32 is {report['psnr_db']} dB, below the {quantize.PSNR_TARGET_DB:g} dB "
+                "target (recorded in the manifest)")
+    writer.record(ONNX_INT8, "onnx", **_io(m8), precision="int8", opset=o.opset, nodes=len(m8.graph.node),
+                  quantization=quantize.structure(m8) | {"calibration": job.calibration.record()})
 
 
 def _write_classifier(job: _Job, writer: ExportWriter) -> None:

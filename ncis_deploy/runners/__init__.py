@@ -4,8 +4,9 @@
 >>> with make_runner("onnxruntime", "export/model.onnx") as r:  # or "torch" with a preset, "tensorrt" with a .engine
 ...     y = r.infer(x)                                          # float32 NCHW in [0, 1] -> same shape
 
-This package adds no heavy import of its own: onnxruntime, tensorrt and cuda-python are imported by the backend
-module that needs them, when a runner is activated, so a machine without TensorRT can still run the ONNX path.
+This package adds no heavy import of its own: onnxruntime, openvino, tensorrt and cuda-python are imported by the
+backend module that needs them, when a runner is activated, so a machine without TensorRT can still run the ONNX
+path.
 (torch is imported by ``ncis_deploy`` itself; the torch-free path is ``export/python/purify_onnx.py``.)
 
 Checking is done with runners too: ``make_runner("reference", model)`` runs a graph on onnx's reference evaluator
@@ -21,15 +22,16 @@ from ncis_deploy.errors import UserError
 from ncis_deploy.runners.base import (InactiveRunnerError, InputSpec, Runner, RunnerInputError, check_input,
                                       input_spec_from_onnx)
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")  # what an artifact is deployed on
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "openvino")  # what an artifact is deployed on
 REFERENCE = "reference"  # onnx's reference evaluator: checks a graph (even a plugin one), too slow to deploy
-ALIASES = {"pytorch": "torch", "ort": "onnxruntime", "trt": "tensorrt"}
+ALIASES = {"pytorch": "torch", "ort": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
 
 # backend -> (module, class); the module is imported only when that backend is asked for
 _CLASSES = {
     "torch": ("ncis_deploy.runners.torch", "TorchRunner"),
     "onnxruntime": ("ncis_deploy.runners.onnxruntime", "OnnxRuntimeRunner"),
     "tensorrt": ("ncis_deploy.runners.tensorrt", "TensorRTRunner"),
+    "openvino": ("ncis_deploy.runners.openvino", "OpenVINORunner"),
     REFERENCE: ("ncis_deploy.runners.reference", "ReferenceRunner"),
 }
 
@@ -38,9 +40,10 @@ def make_runner(backend: str, artifact=None, *, device: str = "cpu", providers=N
     """Build an (inactive) runner.
 
     ``artifact`` is a purifier preset / directory / config for ``torch`` (None = the ``ncis`` preset), an ``.onnx``
-    file (or its bytes) for ``onnxruntime`` and ``reference``, a serialized engine for ``tensorrt``. ``device``
-    picks cpu/cuda for torch and, when ``providers`` is not given, the onnxruntime provider; TensorRT always runs on
-    the current CUDA device, the reference evaluator on the CPU. Extra keyword arguments go to the runner class.
+    file (or its bytes) for ``onnxruntime``, ``openvino`` and ``reference``, a serialized engine for ``tensorrt``.
+    ``device`` picks cpu/cuda for torch and, when ``providers`` is not given, the onnxruntime provider; TensorRT
+    always runs on the current CUDA device, OpenVINO and the reference evaluator on the CPU. Extra keyword arguments
+    go to the runner class (openvino: ``precision``, ``threads``).
     """
     key = ALIASES.get(str(backend).lower(), str(backend).lower())
     if key not in _CLASSES:
@@ -51,8 +54,8 @@ def make_runner(backend: str, artifact=None, *, device: str = "cpu", providers=N
     if key != "torch" and artifact is None:
         what = "a serialized TensorRT engine" if key == "tensorrt" else "an .onnx file"
         raise UserError(f"the {key} backend needs {what} to run; export one first")
-    if key == REFERENCE and str(device) != "cpu":
-        raise UserError(f"the {REFERENCE} backend runs on the CPU only, not {device}")
+    if key in (REFERENCE, "openvino") and str(device).lower() != "cpu":
+        raise UserError(f"the {key} backend runs on the CPU only, not {device}")
     module, cls_name = _CLASSES[key]
     cls = getattr(importlib.import_module(module), cls_name)
     if key == "torch":

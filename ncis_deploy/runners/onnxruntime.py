@@ -154,8 +154,10 @@ def open_session(model: "str | os.PathLike | bytes", providers: ProviderArg = "c
     """An ``onnxruntime.InferenceSession`` for ``model`` (a path or serialized bytes) on ``providers``.
 
     ``threads``: intra-op threads (None: ORT's default, all cores); ``options``: further ``SessionOptions``
-    attributes, e.g. ``{"enable_profiling": True}``; ``provider_kw`` go to :func:`provider_list`. ORT's own
-    exceptions pass through unchanged: the caller knows what the model is and words the error.
+    attributes, e.g. ``{"enable_profiling": True}``, and session config entries (keys with a dot, e.g.
+    ``{"session.intra_op.allow_spinning": "0"}``); ``provider_kw`` go to :func:`provider_list`. An int8 Q/DQ model
+    on the CPU provider runs in its :func:`cpu_qdq_form`. ORT's own exceptions pass through unchanged: the caller
+    knows what the model is and words the error.
     """
     try:
         import onnxruntime as ort
@@ -169,11 +171,210 @@ def open_session(model: "str | os.PathLike | bytes", providers: ProviderArg = "c
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     for key, value in (options or {}).items():
-        setattr(so, key, value)
+        if "." in key:
+            so.add_session_config_entry(key, str(value))
+        else:
+            setattr(so, key, value)
+    if all(name == CPU for name, _ in plist) and (cpu_form := cpu_qdq_form(model)) is not None:
+        model = cpu_form
     with warnings.catch_warnings():  # "not in available provider names": callers check get_providers() instead
         warnings.simplefilter("ignore", UserWarning)
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=so,
                                     providers=[n for n, _ in plist], provider_options=[o for _, o in plist])
+
+
+def cpu_qdq_form(model: "str | os.PathLike | bytes") -> bytes | None:
+    """The int8 Q/DQ model re-encoded for ORT's CPU EP, computing the same integers; None when there is nothing to do.
+
+    An explicit-Q/DQ artifact is int8 with zero point 0 (the form TensorRT requires). On x86, ORT fuses Q/DQ into
+    QLinear* kernels only for uint8 activations and converts an int8 Q/DQ pair itself only when the Q has a single
+    consumer, so every tensor read twice (most of the purifier's) would stay on slow float round trips (measured
+    slower than FP32). Re-encoded here, exactly:
+
+    * every activation Q/DQ and every int8 constant of an elementwise op: int8 q ↦ uint8 q + 128, zero point z ↦
+      z + 128 (same scale), which maps clamp(round(x/s) + z, -128, 127) onto clamp(round(x/s) + z + 128, 0, 255);
+    * a Mul by a positive scalar c whose output scale is its input's times c (the exporter quantizes ``× 0.5`` and
+      ``× 1/L`` that way) changes no integer: it is dropped and its readers dequantize the input's integers at the
+      output scale;
+    * where a float op's output enters the int8 part and is read by something other than a conv, an identity int8
+      1×1 conv (weight 127 at scale 1/127, same scale in and out: the integers pass unchanged) is put first:
+      ORT's NHWC layout pass only propagates from a conv, and without it every conv of the purifier got a
+      transpose on each side (121 of them, a third of the int8 time).
+
+    Weights keep int8 (ORT's u8 × s8 kernels; the exporter keeps them within ±63, so the kernels without VNNI, which
+    add two u8 × s8 products in int16, cannot saturate). A model without int8 Q/DQ comes back as None, unparsed beyond
+    a byte search.
+    """
+    if isinstance(model, bytes):
+        data = model
+    else:
+        try:
+            data = Path(model).read_bytes()
+        except OSError:
+            return None  # ORT's own error names the path
+    if b"QuantizeLinear" not in data:
+        return None
+    import onnx
+
+    try:
+        m = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001  (ORT reports a corrupt model in its own words)
+        return None
+    dropped = _drop_identity_muls(m)
+    entries = _conv_at_int8_entries(m)
+    converted = _activations_to_uint8(m)
+    return m.SerializeToString() if dropped or entries or converted else None
+
+
+def _qdq_parts(node, inits) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, zero point) of a Q/DQ node when both are constant, else None."""
+    from onnx import numpy_helper
+
+    if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+        return None
+    return numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
+
+
+def _drop_identity_muls(m) -> int:
+    from onnx import numpy_helper
+
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    drop, rewire = set(), {}
+    for n in g.node:
+        if n.op_type != "Mul" or len(n.input) != 2 or n.output[0] in graph_outputs:
+            continue
+        dqs = [producer.get(i) for i in n.input]
+        if any(d is None or d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        const = [d for d in dqs if d.input[0] in inits]
+        act = [d for d in dqs if d.input[0] not in inits]
+        outs = readers.get(n.output[0], [])
+        if len(const) != 1 or len(act) != 1 or len(outs) != 1 or outs[0].op_type != "QuantizeLinear":
+            continue
+        (c_dq,), (a_dq,), q = const, act, outs[0]
+        c_parts, a_parts, q_parts = _qdq_parts(c_dq, inits), _qdq_parts(a_dq, inits), _qdq_parts(q, inits)
+        cq = numpy_helper.to_array(inits[c_dq.input[0]])
+        if None in (c_parts, a_parts, q_parts) or cq.size != 1 or any(p[0].size != 1 for p in (a_parts, q_parts)):
+            continue
+        c = np.float32((np.float32(cq.reshape(-1)[0]) - np.float32(c_parts[1].reshape(-1)[0]))
+                       * np.float32(c_parts[0].reshape(-1)[0]))
+        s_in, s_out = np.float32(a_parts[0].reshape(-1)[0]), np.float32(q_parts[0].reshape(-1)[0])
+        same_zero = (a_parts[1].dtype == q_parts[1].dtype and a_parts[1].reshape(-1)[0] == q_parts[1].reshape(-1)[0])
+        if not (c > 0 and same_zero and np.float32(s_in * c) == s_out):
+            continue
+        drop |= {n.output[0], q.output[0], c_dq.output[0]}  # nodes by their (unique) output
+        rewire[q.output[0]] = a_dq.input[0]  # readers of the Mul's integers read the input's
+    if not drop:
+        return 0
+    kept = [n for n in g.node if n.output[0] not in drop]
+    for n in kept:
+        for k, i in enumerate(n.input):
+            while i in rewire:
+                i = rewire[i]
+            n.input[k] = i
+    used = {i for n in kept for i in n.input}
+    kept = [n for n in kept if not (n.op_type == "DequantizeLinear" and n.output[0] not in used
+                                    and n.output[0] not in graph_outputs)]
+    del g.node[:]
+    g.node.extend(kept)
+    return len(drop) // 3
+
+
+def _conv_at_int8_entries(m) -> int:
+    from onnx import helper, numpy_helper, shape_inference
+
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    entries = []
+    for n in g.node:
+        src = producer.get(n.input[0]) if n.op_type == "QuantizeLinear" else None
+        if src is None or any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                              for i in src.input):
+            continue  # a graph input, or an op ORT fuses with its Q/DQ
+        dq_readers = [r for d in readers.get(n.output[0], []) if d.op_type == "DequantizeLinear"
+                      for r in readers.get(d.output[0], [])]
+        if any(r.op_type != "Conv" for r in dq_readers):
+            entries.append(n)
+    if not entries:
+        return 0
+    try:
+        shapes = {v.name: v.type.tensor_type.shape for v in shape_inference.infer_shapes(m).graph.value_info}
+    except Exception:  # noqa: BLE001  (without shapes there is no identity weight to build; the model still runs)
+        return 0
+    added = 0
+    for q in entries:
+        dims = shapes.get(q.input[0])
+        if dims is None or len(dims.dim) != 4 or not dims.dim[1].HasField("dim_value"):
+            continue
+        c, t = dims.dim[1].dim_value, q.output[0]
+        w = np.zeros((c, c, 1, 1), np.int8)
+        w[np.arange(c), np.arange(c)] = 127
+        g.initializer.extend([numpy_helper.from_array(w, f"{t}@idw"),
+                              numpy_helper.from_array(np.full(c, 1 / 127, np.float32), f"{t}@ids"),
+                              numpy_helper.from_array(np.zeros(c, np.int8), f"{t}@idz")])
+        q.output[0] = f"{t}@entry"
+        at = list(g.node).index(q) + 1
+        for k, node in enumerate([
+                helper.make_node("DequantizeLinear", [f"{t}@entry", q.input[1], q.input[2]], [f"{t}@entry_dq"]),
+                helper.make_node("DequantizeLinear", [f"{t}@idw", f"{t}@ids", f"{t}@idz"], [f"{t}@idw_dq"], axis=0),
+                helper.make_node("Conv", [f"{t}@entry_dq", f"{t}@idw_dq"], [f"{t}@identity"], kernel_shape=[1, 1]),
+                helper.make_node("QuantizeLinear", [f"{t}@identity", q.input[1], q.input[2]], [t])]):
+            g.node.insert(at + k, node)
+        added += 1
+    return added
+
+
+def _activations_to_uint8(m) -> int:
+    from onnx import TensorProto, numpy_helper
+
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    added: dict[str, str] = {}
+
+    def as_uint8(name: str) -> str:
+        if name not in added:
+            v = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+            added[name] = f"{name}@uint8"
+            g.initializer.append(numpy_helper.from_array(v.astype(np.uint8), added[name]))
+        return added[name]
+
+    def int8_scalar(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and t.data_type == TensorProto.INT8 and int(np.prod(t.dims)) <= 1
+
+    acts, n_changed = set(), 0
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) == 3 and int8_scalar(n.input[2]):
+            n.input[2] = as_uint8(n.input[2])
+            acts.add(n.output[0])
+            n_changed += 1
+    weight_slots = {("Conv", 1), ("ConvTranspose", 1), ("MatMul", 1), ("Gemm", 1)}
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) != 3 or not int8_scalar(n.input[2]):
+            continue
+        if n.input[0] in acts:
+            n.input[2] = as_uint8(n.input[2])
+            n_changed += 1
+        elif n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.INT8 and not any(
+                (r.op_type, list(r.input).index(n.output[0])) in weight_slots for r in readers.get(n.output[0], [])):
+            n.input[0], n.input[2] = as_uint8(n.input[0]), as_uint8(n.input[2])  # an elementwise op's constant
+            n_changed += 1
+    return n_changed
 
 
 class DeviceBinding:

@@ -1,0 +1,136 @@
+"""CPU latency of the INT8 purifier (``export --int8``) against the FP32 one, interleaved in one run.
+
+    python benchmarks/int8_cpu.py [--export DIR] [--size 224] [--batches 1 8] [--rounds 10]
+
+Exports the ``ncis`` preset with ``--int8`` (or reads ``--export DIR``), then times, round after round in turn:
+ONNX Runtime CPU on purifier.onnx (FP32) and on purifier_int8.onnx (through the package's session, i.e. the
+lossless uint8 re-encoding ORT's x86 kernels need), and OpenVINO's CPU plugin on both (f32, int8, and bf16 where the
+CPU has it natively). Every speed-up is the median over rounds of FP32-ORT time / that backend's time in the same
+round, so load that changes during the run (these machines are shared) hits both sides. ORT's thread pools do not
+spin between runs here: a spinning pool of one session would steal the cores of the next one.
+
+Writes benchmarks/results/int8-cpu.json with the CPU model and ISA flags, and the quality guards the export recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ncis_deploy import doctor
+from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
+from ncis_deploy.exporters.pipeline import ExportOptions, export, versions
+from ncis_deploy.fileio import write_json
+from ncis_deploy.runners.onnxruntime import open_session
+
+RESULT = Path(__file__).parent / "results" / "int8-cpu.json"
+
+
+def ort_backend(path: Path, threads: int):
+    s = open_session(path, "cpu", threads=threads, options={"session.intra_op.allow_spinning": "0"})
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x})[0]
+
+
+def openvino_backends(fp32: Path, int8: Path, threads: int) -> dict:
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino is not installed: OpenVINO rows skipped", file=sys.stderr)
+        return {}
+    core = ov.Core()
+    todo = [("openvino f32", fp32, "f32"), ("openvino int8", int8, "f32")]  # int8 comes from the Q/DQ, f32 elsewhere
+    if "bf16" in doctor.native_precisions():
+        todo.append(("openvino bf16", fp32, "bf16"))
+    out = {}
+    for label, path, hint in todo:
+        cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        request = core.compile_model(core.read_model(str(path)), "CPU", cfg).create_infer_request()
+        out[label] = lambda x, r=request: r.infer({0: x})[0]
+    return out
+
+
+def measure(backends: dict, x: np.ndarray, rounds: int) -> dict[str, list[float]]:
+    for fn in backends.values():  # warm-up: first-run allocations and kernel selection
+        fn(x)
+    times = {k: [] for k in backends}
+    order = list(backends)
+    for r in range(rounds):
+        for k in (order if r % 2 == 0 else order[::-1]):  # alternate who goes first
+            t = time.perf_counter()
+            backends[k](x)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", type=Path, default=None, help="an export with purifier_int8.onnx (default: export "
+                                                               "the ncis preset with --int8 into a temporary folder)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--rounds", type=int, default=10, help="timed rounds per batch size (each runs every backend)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-openvino", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULT)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = args.export
+        if d is None:
+            d = Path(tmp) / "export"
+            print(f"exporting ncis at {args.size}x{args.size} with --int8 ...", file=sys.stderr)
+            export(ExportOptions(out=str(d), height=args.size, width=args.size, int8=True, tensorrt=False),
+                   progress=lambda m: print(f"  {m}", file=sys.stderr))
+        ex = open_export(d)
+        fp32, int8 = ex.path(ONNX), ex.path(ONNX_INT8)
+        h, w = ex.input_shape[2:]
+        backends = {"onnxruntime fp32": ort_backend(fp32, args.threads),
+                    "onnxruntime int8": ort_backend(int8, args.threads)}
+        if not args.no_openvino:
+            backends |= openvino_backends(fp32, int8, args.threads)
+        load_before = os.getloadavg()
+        rows = []
+        for b in args.batches:
+            x = np.random.default_rng(0).random((b, 3, h, w), dtype=np.float32)
+            times = measure(backends, x, args.rounds if b == 1 else max(3, args.rounds // 2))
+            ref = times["onnxruntime fp32"]
+            for k, t in times.items():
+                backend, precision = k.split()
+                rows.append({"backend": backend, "precision": precision, "batch": b,
+                             "ms_per_batch_median": round(1e3 * statistics.median(t), 1),
+                             "ms_per_batch_min": round(1e3 * min(t), 1),
+                             "images_per_s": round(b / statistics.median(t), 2),
+                             "speedup_vs_onnxruntime_fp32": round(statistics.median(
+                                 [r / v for r, v in zip(ref, t)]), 2), "rounds": len(t)})
+                print(f"batch {b}  {k:18s} {rows[-1]['ms_per_batch_median']:8.1f} ms  "
+                      f"{rows[-1]['images_per_s']:6.2f} img/s  x{rows[-1]['speedup_vs_onnxruntime_fp32']:.2f}")
+        report = {"machine": doctor.cpu_record(), "load_average_1min": [load_before[0], os.getloadavg()[0]],
+                  "versions": versions() | {"openvino": _ov_version()}, "input": [h, w], "threads": args.threads,
+                  "results": rows,
+                  "int8_quality_vs_fp32": {k: v for k, v in ex.manifest["parity"]["int8"].items() if k != "cases"},
+                  "int8_artifact": ex.artifacts[ONNX_INT8]["quantization"],
+                  "method": "interleaved rounds, order alternating; speed-up = median over rounds of the FP32 ORT "
+                            "time / the backend's time in the same round; ORT thread pools not spinning"}
+    write_json(args.out, report)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _ov_version() -> str | None:
+    try:
+        import openvino
+
+        return openvino.__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The OpenVINO backend: an exported ``.onnx`` purifier compiled by OpenVINO's CPU plugin, in f32, bf16 or int8.
+
+Precision is a compile-time hint, and OpenVINO is quiet about how it treats one, so this runner decides and checks
+instead of hoping:
+
+* The CPU plugin's own default is *bf16* on any CPU it thinks runs bf16 natively (this AMD EPYC with avx512_bf16
+  included), so ``f32`` is always asked for explicitly; otherwise an "f32" number would be a bf16 one.
+* ``bf16`` on a CPU without native BF16 (neither avx512_bf16 nor amx_bf16 in its flags) is refused: OpenVINO would
+  emulate it or fall back to f32 without saying so, and a figure labelled bf16 would be neither fast nor bf16.
+* ``int8`` means the model carries explicit QuantizeLinear/DequantizeLinear (the ``export --int8`` artifact);
+  OpenVINO turns them into FakeQuantize and runs the quantized convolutions on int8 kernels. Whatever hint is given,
+  such a model runs in int8, so asking f32/bf16 of it is refused too (the label would be wrong), and so is int8 of a
+  model without Q/DQ (there is nothing to quantize it with: calibration is the exporter's job).
+* ``auto``: int8 for a Q/DQ model, else bf16 where the CPU has it natively, else f32.
+
+After compiling, the precision OpenVINO really chose is read back (``INFERENCE_PRECISION_HINT`` of the compiled
+model, and the runtime precision of every Convolution/MatMul/FullyConnected in its execution graph) into
+:attr:`OpenVINORunner.record`, which bench and eval report next to their figures.
+
+One synchronous infer request with the LATENCY hint (one stream using every thread): a sync request runs on one
+stream, so THROUGHPUT's several streams would only split the threads it could have used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ncis_deploy import doctor
+from ncis_deploy.errors import UserError, missing_package
+from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8
+from ncis_deploy.runners.base import Runner, input_spec_from_shape
+
+PRECISIONS = ("auto", "f32", "bf16", "int8")
+_PRECISION_ALIASES = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16"}
+_HINTS = {"f32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: what is not quantized stays f32, for accuracy
+_COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected")
+_INT8_TYPES = ("u8", "i8")
+_ELEMENT_DTYPES = {"f32": "float32", "f16": "float16"}
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise missing_package("openvino", "openvino") from None
+    return openvino
+
+
+def normalize_precision(precision: str) -> str:
+    p = str(precision).lower()
+    p = _PRECISION_ALIASES.get(p, p)
+    if p not in PRECISIONS:
+        raise UserError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return p
+
+
+def resolve_precision(requested: str, *, quantized: bool, where: str = "the model") -> str:
+    """The precision to run ``requested`` at here, or a UserError saying why this CPU / model cannot.
+
+    The CPU's native precisions come from :func:`ncis_deploy.doctor.native_precisions` (its ISA flags).
+    """
+    p = normalize_precision(requested)
+    if quantized:
+        if p in ("auto", "int8"):
+            return "int8"
+        raise UserError(f"{where} is quantized (QuantizeLinear/DequantizeLinear), so OpenVINO runs it in int8 "
+                        f"whatever precision is asked for; run it with precision int8 (or auto), or pass the FP32 "
+                        f"{ONNX} for {p}")
+    if p == "int8":
+        raise UserError(f"{where} has no QuantizeLinear/DequantizeLinear nodes, so there is nothing to run in int8; "
+                        f"pass the {ONNX_INT8} that `ncis-deploy export --int8` writes, or choose f32, bf16 or auto")
+    native = doctor.native_precisions()
+    if p == "auto":
+        return "bf16" if "bf16" in native else "f32"
+    if p == "bf16" and "bf16" not in native:
+        isa = ", ".join(doctor.cpu_isa()) or "none found"
+        raise UserError(f"this CPU ({doctor.cpu_model()}) has no native BF16 (neither "
+                        f"{' nor '.join(doctor.BF16_FLAGS)} among its flags: {isa}); OpenVINO would emulate bf16 or "
+                        "silently fall back to f32, so it is refused: choose precision f32 or auto")
+    return p
+
+
+def _first_line(e: Exception) -> str:
+    """The informative line of an OpenVINO exception (they open with 'Exception from src/...:NN:' lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(e).__name__])[-1]
+
+
+class OpenVINORunner(Runner):
+    """Run an ONNX purifier (a path, serialized bytes or an ``onnx.ModelProto``) with OpenVINO on the CPU.
+
+    ``precision``: auto | f32 | bf16 | int8 (see the module docstring). ``threads``: ``INFERENCE_NUM_THREADS``
+    (None: OpenVINO's default, every physical core). After activation, :attr:`precision` is the precision that ran,
+    :attr:`inference_precision` the hint read back from the compiled model, :attr:`layer_precisions` the runtime
+    precisions of its compute layers, and :attr:`record` all of it as plain data.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model, *, precision: str = "auto", threads: int | None = None, device: str = "CPU",
+                 check_range: bool = True):
+        super().__init__(check_range=check_range)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UserError(f"threads must be a positive integer, got {threads!r}")
+        if str(device).upper() != "CPU":
+            raise UserError(f"the openvino backend runs on the CPU only, not {device!r}")
+        self.requested_precision = normalize_precision(precision)
+        self.threads = threads
+        self.device = "CPU"
+        if isinstance(model, (bytes, str, os.PathLike)):
+            self.model = model
+        else:  # an onnx.ModelProto (anything with SerializeToString)
+            serialize = getattr(model, "SerializeToString", None)
+            if serialize is None:
+                raise UserError(f"the openvino backend takes an .onnx path, its bytes or an onnx.ModelProto, "
+                                f"got {type(model).__name__}")
+            self.model = serialize()
+        self.path = None if isinstance(self.model, bytes) else Path(self.model)
+        self.precision: str | None = None
+        self.inference_precision: str | None = None
+        self.layer_precisions: dict[str, dict[str, int]] = {}
+        self.openvino_version: str | None = None
+        self.compiled = None
+        self._request = None
+        self._output = None
+
+    @property
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else "the in-memory ONNX model"
+
+    @property
+    def record(self) -> dict:
+        """What ran, for a report: requested and effective precision, the compiled hint, layer precisions, ISA."""
+        return {"backend": self.name, "device": self.device, "openvino": self.openvino_version,
+                "requested_precision": self.requested_precision, "precision": self.precision,
+                "inference_precision_hint": self.inference_precision, "layer_precisions": self.layer_precisions,
+                "threads": self.threads, "cpu": doctor.cpu_model(), "isa": doctor.cpu_isa()}
+
+    # ---- lifecycle
+    def activate_impl(self) -> None:
+        ov = import_openvino()
+        if self.path is not None and not self.path.is_file():
+            raise UserError(f"ONNX model {self.path} does not exist" if not self.path.exists()
+                            else f"ONNX model {self.path} is not a file")
+        core = ov.Core()
+        try:
+            model = core.read_model(self.model if self.path is None else str(self.path))
+        except RuntimeError as e:
+            raise UserError(f"OpenVINO cannot read {self._where} as an ONNX model ({_first_line(e)}); re-export "
+                            "or re-copy it") from None
+        inputs, outputs = model.inputs, model.outputs
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UserError(f"{self._where} has {len(inputs)} inputs and {len(outputs)} outputs; the openvino runner "
+                            "takes one input (an NCHW image batch) and one output")
+        port = inputs[0]
+        etype = port.get_element_type().get_type_name()
+        dtype = _ELEMENT_DTYPES.get(etype)
+        if dtype is None:
+            raise UserError(f"{self._where} input '{port.get_any_name()}' is {etype}; expected float or float16")
+        shape = port.get_partial_shape()
+        if shape.rank.is_dynamic:
+            raise UserError(f"{self._where} input '{port.get_any_name()}' has no fixed rank; ncis-deploy artifacts "
+                            "take NCHW [N, 3, H, W]")
+        dims = [d.get_length() if d.is_static else None for d in shape]
+        spec = input_spec_from_shape(port.get_any_name(), dims, dtype, f"ONNX model {self._where}")
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+        precision = resolve_precision(self.requested_precision, quantized=quantized, where=self._where)
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            compiled = core.compile_model(model, self.device, config)
+        except RuntimeError as e:
+            raise UserError(f"OpenVINO cannot compile {self._where} for the CPU in {precision}: "
+                            f"{_first_line(e)}") from None
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        layers = self._layer_precisions(compiled)
+        ran = Counter(p for per in layers.values() for p, n in per.items() for _ in range(n))
+        if hint != _HINTS[precision]:
+            raise UserError(f"OpenVINO compiled {self._where} with inference precision {hint}, not the "
+                            f"{_HINTS[precision]} asked for ({precision}); `ncis-deploy doctor` shows this CPU's "
+                            "native precisions")
+        if precision == "int8" and not any(ran[t] for t in _INT8_TYPES):
+            raise UserError(f"OpenVINO runs no layer of {self._where} in int8 although it has Q/DQ nodes (its "
+                            f"compute layers ran as {dict(ran)}); re-export it with `ncis-deploy export --int8`")
+        self.input_spec = spec
+        self.compiled, self._request, self._output = compiled, compiled.create_infer_request(), compiled.output(0)
+        self.precision, self.inference_precision, self.layer_precisions = precision, hint, layers
+        self.openvino_version = str(getattr(ov, "__version__", "?")).split("-")[0]  # "2026.4.1-22982-...": the release
+
+    @staticmethod
+    def _layer_precisions(compiled) -> dict[str, dict[str, int]]:
+        """Layer type -> runtime precision -> count, for the compute layers of the compiled execution graph."""
+        out: dict[str, Counter] = {}
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else None
+            if kind in _COMPUTE_LAYERS and "runtimePrecision" in info:
+                out.setdefault(kind, Counter())[info["runtimePrecision"].astype(str)] += 1
+        return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        result = self._request.infer({0: x}, share_inputs=True)
+        return np.asarray(result[self._output])
+
+    def deactivate_impl(self) -> None:
+        self._request = self.compiled = self._output = None

@@ -1,0 +1,282 @@
+"""``export --int8``: the explicit-Q/DQ graph's form, its masked taps and blind spot, its error against FP32, ONNX
+Runtime's lossless CPU re-encoding, the manifest entry and the calibration folder's errors."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from ncis_deploy.errors import UserError
+from ncis_deploy.exporters import quantize as qz
+from ncis_deploy.exporters.gate import check_tensorrt_compatible
+from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
+from ncis_deploy.exporters.onnx import build_onnx
+from ncis_deploy.model.purifier import Purifier
+from ncis_deploy.runners import make_runner
+from ncis_deploy.runners.onnxruntime import cpu_qdq_form
+
+from conftest import write_png
+from test_cli import assert_user_error
+from test_export import run, small_purifier
+
+H, W = 24, 20
+
+
+def bsn_only(layers=4, filters=8, seed=0):
+    """A BSN-only purifier (mean4 baseline, no clamp) with random weights: its output at a pixel must never depend
+    on the input there."""
+    p = Purifier({"stages": [{"type": "bsn", "iterations": 1}], "clamp": False,
+                  "bsn": {"channels": 3, "layers": layers, "filters": filters, "baseline": "mean4"}})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in p.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.2)
+    return p.eval()
+
+
+@pytest.fixture(scope="module")
+def small():
+    """(FP32 graph, its ranges) of the tiny purifier of test_export, calibrated on the bundled photos."""
+    m = build_onnx(small_purifier(), H, W)
+    return m, qz.ranges(m, qz.calibration_set(None, H, W).batches)
+
+
+def _by_output(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_int8_graph_is_explicit_qdq_in_tensorrt_form(small):
+    m, amax = small
+    q = qz.quantize_with(m, amax, float_layers=0)
+    onnx.checker.check_model(q, full_check=True)
+    check_tensorrt_compatible(q)
+    producer, inits = _by_output(q), _inits(q)
+    readers = {}
+    for n in q.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    # TensorRT's form: every Q/DQ int8 with zero point 0 (no uint8, no int32 bias), constant positive scales
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero = inits[n.input[2]]
+            assert zero.dtype == np.int8 and not zero.any(), n.name
+            assert (inits[n.input[1]] > 0).all(), n.name
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            assert inits[n.input[0]].dtype == np.int8, n.name
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert {n.name for n in convs if n.name.startswith("mean4")} == qz.float_convs(m, 0)  # the exact baseline only
+    for n in convs:
+        if n.name.startswith("mean4"):
+            continue
+        x, w = producer[n.input[0]], producer[n.input[1]]
+        assert x.op_type == "DequantizeLinear" and inits[x.input[1]].size == 1, n.name  # activations per tensor
+        assert w.op_type == "DequantizeLinear" and inits[w.input[0]].dtype == np.int8, n.name
+        assert np.abs(inits[w.input[0]].astype(int)).max() <= qz.WEIGHT_MAX  # no int16 saturation in u8 x s8 kernels
+        axis = next(a.i for a in w.attribute if a.name == "axis")
+        assert axis == 0 and inits[w.input[1]].shape == (inits[w.input[0]].shape[0],), n.name  # per out channel
+        if len(n.input) > 2:
+            assert n.input[2] in inits and inits[n.input[2]].dtype == np.float32  # float bias: TensorRT wants it so
+        outs = readers.get(n.output[0], [])
+        if n.name.startswith("bsn_head"):
+            assert all(r.op_type != "QuantizeLinear" for r in outs)  # the image is put back together in float
+        else:
+            assert [r.op_type for r in outs] == ["QuantizeLinear"], n.name
+    ops = {n.op_type for n in q.graph.node}
+    assert "PRelu" not in ops and "Mul" in ops
+    assert all(next(a.f for a in n.attribute if a.name == "alpha") == qz.NEG_GAIN
+               for n in q.graph.node if n.op_type == "LeakyRelu")
+    # by default the first masked layers stay float, weights and all, and nothing else does
+    d = qz.quantize_with(m, amax)
+    floats = {n.name for n in d.graph.node if n.op_type == "Conv" and n.input[1] in _inits(d)}
+    assert floats == qz.float_convs(m) and len(floats) == 2 * (1 + 3 + 2)  # 2 passes x (3x3, knight, corners)
+    assert qz.structure(d)["float_convs"] == len(floats) and qz.structure(d)["int8_convs"] > 0
+
+
+def test_masked_taps_stay_exactly_zero(small):
+    m, amax = small
+    q = qz.quantize_with(m, amax, float_layers=0)
+    report = qz.masked_taps_report(m, q)
+    assert report["all_still_zero"] and report["zero_taps"] >= 2 * 8 * 3  # the first conv's centre tap, 2 passes
+    producer, inits = _by_output(q), _inits(q)
+    first = next(n for n in q.graph.node if n.op_type == "Conv" and n.name.startswith("bsn_conv"))
+    w = inits[producer[first.input[1]].input[0]]
+    assert w.dtype == np.int8 and not w[:, :, 1, 1].any() and w[:, :, 0, 0].any()
+    # the check can fail: a live centre tap is reported
+    tensor = next(t for t in q.graph.initializer if t.name == producer[first.input[1]].input[0])
+    w = w.copy()
+    w[0, 0, 1, 1] = 5
+    tensor.CopyFrom(numpy_helper.from_array(w, tensor.name))
+    with pytest.raises(UserError, match="nonzero where the FP32 ones are 0"):
+        qz.masked_taps_report(m, q)
+
+
+def test_blind_spot_holds_exactly_on_the_quantized_bsn():
+    p = bsn_only()
+    m = build_onnx(p, H, W)
+    q = qz.quantize(m, qz.calibration_set(None, H, W), float_layers=0)  # every BSN conv in int8
+    sub = qz.bsn_subgraph(q)
+    assert sub.graph.input[0].name == m.graph.input[0].name  # a BSN-only graph: its BSN is the whole graph
+    x = np.random.default_rng(3).random((1, 3, H, W), dtype=np.float32)
+    y, xp = 7, 11
+    x2 = x.copy()
+    x2[0, :, y, xp] = 1.0 - x2[0, :, y, xp]
+    with make_runner("onnxruntime", sub.SerializeToString(), check_range=False) as r:
+        a, b = r.infer(x), r.infer(x2)
+    assert np.array_equal(a[0, :, y, xp], b[0, :, y, xp])  # exactly: the pixel is never read
+    assert not np.array_equal(a[0, :, y, xp + 1], b[0, :, y, xp + 1])  # its neighbour is (the test can see a change)
+    assert qz.blind_spot_report(q, H, W)["max_abs_change_at_pixel"] == 0.0
+    # ... and a network that does read the centre is caught
+    producer = _by_output(q)
+    first = next(n for n in q.graph.node if n.op_type == "Conv" and n.name.startswith("bsn_conv"))
+    tensor = next(t for t in q.graph.initializer if t.name == producer[first.input[1]].input[0])
+    w = numpy_helper.to_array(tensor).copy()
+    w[:, :, 1, 1] = 100
+    tensor.CopyFrom(numpy_helper.from_array(w, tensor.name))
+    with pytest.raises(UserError, match="not blind"):
+        qz.blind_spot_report(q, H, W)
+
+
+def test_int8_error_against_fp32_is_bounded(small):
+    m, amax = small
+    cases = qz.holdout_cases(H, W)
+    for layers in (0, qz.FLOAT_MASKED_LAYERS):
+        r = qz.quality_report(m.SerializeToString(), qz.quantize_with(m, amax, float_layers=layers).SerializeToString(),
+                              cases)
+        assert r["psnr_db"] >= 65 and r["max_abs"] <= 3e-3 and r["meets_psnr_target"], (layers, r)
+        assert [c["case"] for c in r["cases"]] == [c for c, _ in cases] and "hold-out" in cases[0][0]
+    # the bound has teeth: 30x too coarse a scale falls below it
+    coarse = qz.quantize_with(m, {t: v * 30 for t, v in amax.items()}, float_layers=0)
+    assert qz.quality_report(m.SerializeToString(), coarse.SerializeToString(), cases)["psnr_db"] < 60
+
+
+def test_cpu_form_is_the_same_integers_and_fully_fused(small, tmp_path):
+    m, amax = small
+    q = qz.quantize_with(m, amax)
+    data = q.SerializeToString()
+    cpu = cpu_qdq_form(data)
+    assert cpu is not None and cpu_qdq_form(m.SerializeToString()) is None  # a float model is left alone
+    plain = onnxruntime.SessionOptions()
+    plain.log_severity_level = 3
+    plain.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # ONNX semantics, no fusion
+    x = np.random.default_rng(0).random((2, 3, H, W), dtype=np.float32)
+    a = onnxruntime.InferenceSession(data, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    b = onnxruntime.InferenceSession(cpu, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.array_equal(a, b)
+    c = onnx.load_from_string(cpu)
+    acts = [n for n in c.graph.node if n.op_type == "QuantizeLinear"]
+    assert acts and all(_inits(c)[n.input[2]].dtype == np.uint8 for n in acts)
+    assert "Mul" not in {n.op_type for n in c.graph.node}  # x0.5 and x1/L change no integer: dropped
+    fused = onnxruntime.SessionOptions()
+    fused.log_severity_level = 3
+    fused.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(cpu, fused, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(fused.optimized_model_filepath).graph.node]
+    passes = sum(n.op_type == "Conv" and n.name.startswith("bsn_head") for n in q.graph.node)
+    # every int8 conv fused; NHWC layout kept through each BSN pass (transposes only where float meets int8)
+    assert ops.count("QLinearConv") >= qz.structure(q)["int8_convs"] and ops.count("Transpose") <= 4 * passes, ops
+    assert "QLinearAdd" in ops and "QLinearLeakyRelu" in ops
+
+
+def test_dynamic_hw_graph_quantizes_and_runs_at_other_sizes():
+    p = small_purifier()
+    m = build_onnx(p, dynamic_hw=True)
+    q = qz.quantize(m, qz.calibration_set(None, H, W))  # ranges skip the in-graph int64 index maths
+    x = np.random.default_rng(1).random((1, 3, 31, 17), dtype=np.float32)
+    with make_runner("onnxruntime", q.SerializeToString()) as r8, make_runner("onnxruntime", m.SerializeToString()) as r:
+        assert np.abs(r8.infer(x) - r.infer(x)).max() < 3e-3
+
+
+def test_export_int8_writes_artifact_and_manifest_entry(tmp_path):
+    bsn = bsn_only(layers=5)  # the CLI path on a small BSN; the shipped one at 224² is the slow test below
+    bsn.save(tmp_path / "p")
+    out = tmp_path / "e"
+    r = run("export", "--config", tmp_path / "p", "--out", out, "--height", 32, "--width", 32, "--int8",
+            "--no-tensorrt")
+    assert r.exit_code == 0, r.output
+    ex = open_export(out)
+    a = ex.artifacts[ONNX_INT8]
+    assert a["precision"] == "int8" and ex.path(ONNX_INT8).is_file()
+    assert a["inputs"] == ex.artifacts[ONNX]["inputs"] and a["outputs"] == ex.artifacts[ONNX]["outputs"]
+    assert a["quantization"]["calibration"]["source"].startswith("bundled training photos")
+    assert a["quantization"]["float_masked_layers"] == qz.FLOAT_MASKED_LAYERS
+    # float: layers 1-3 (3x3, knight as 3 convs, centre + corners) and mean4; int8: layers 4-5 (2 convs each), 6
+    # residual blocks x 2, the head, and the depthwise conv of each of the 19 PRelus after the float layers
+    assert a["quantization"]["float_convs"] == 1 + 3 + 2 + 1
+    assert a["quantization"]["int8_convs"] == 2 * 2 + 6 * 2 + 1 + 19
+    p = ex.manifest["parity"]["int8"]
+    assert p["reference"].startswith("fp32") and len(p["cases"]) == 2 and p["max_abs"] < 0.05
+    assert p["psnr_db"] >= qz.PSNR_TARGET_DB and p["meets_psnr_target"] is True
+    assert p["blind_spot"]["max_abs_change_at_pixel"] == 0.0 and p["masked_taps"]["all_still_zero"]
+    assert "int8 vs fp32" in r.output and "target 45 dB: met" in r.output
+    # the artifact runs where the manifest says, and is what OpenVINO's int8 precision opens
+    assert ex.artifact_for("openvino", "int8") == out / ONNX_INT8
+    x = qz.holdout_cases(32, 32)[0][1]
+    with make_runner("onnxruntime", ex.path(ONNX_INT8)) as r8, make_runner("onnxruntime", ex.path(ONNX)) as r32:
+        assert np.abs(r8.infer(x) - r32.infer(x)).max() == pytest.approx(p["cases"][0]["max_abs"], rel=1e-6)
+
+
+def test_bad_calibration_folder_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "e"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_text("not an image")
+    (tmp_path / "file.png").write_text("x")
+    cases = [(tmp_path / "missing", "does not exist"), (tmp_path / "file.png", "is not a directory"),
+             (empty, "holds no images"), (junk, "can be decoded")]
+    for folder, words in cases:
+        assert_user_error(run("export", "--int8", "--calibration", folder, "--out", out, "--height", 16, "--width", 16),
+                          "--calibration", words)
+    assert_user_error(run("export", "--calibration", empty, "--out", out), "only used with --int8")
+    assert_user_error(run("export", "--int8", "--preset", "gs", "--out", out), "--int8", "has none")
+    assert_user_error(run("export", "--int8", "--smoothing", "plugin", "--out", out), "--smoothing matmul")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.png", "junk"]
+
+
+def test_calibration_sources(tmp_path, monkeypatch):
+    import ncis_deploy.data as data
+
+    asked = []
+    real = data.bundled_photos
+    monkeypatch.setattr(data, "bundled_photos", lambda split="train": asked.append(split) or real(split))
+    c = qz.calibration_set(None, H, W)
+    assert asked == ["train"]  # never the hold-out photos: they measure the result
+    assert c.images == len(data.BUNDLED_TRAIN) and sum(len(b) for b in c.batches) == 2 * c.images
+    assert all(b.dtype == np.float32 and b.shape[1:] == (3, H, W) and 0 <= b.min() and b.max() <= 1
+               for b in c.batches)
+    folder = tmp_path / "cal"
+    rng = np.random.default_rng(0)
+    for i in range(qz.CALIBRATION_MAX_IMAGES + 4):
+        write_png(folder / f"{i:02d}.png", (rng.random((12 + i, 9, 3)) * 255).astype(np.uint8))  # smaller than HxW
+    (folder / "broken.jpg").write_text("x")
+    c = qz.calibration_set(folder, H, W)
+    assert c.images == qz.CALIBRATION_MAX_IMAGES and c.source == str(folder)
+    assert c.record()["inputs"] == 2 * c.images
+
+
+@pytest.mark.slow
+def test_ncis_int8_at_224_meets_the_quality_target(tmp_path):
+    """The shipped purifier at the default size: PSNR vs FP32 on the hold-out photos, blind spot, masked taps."""
+    r = run("export", "--out", tmp_path / "e", "--int8", "--no-tensorrt")
+    assert r.exit_code == 0, r.output
+    p = json.loads((tmp_path / "e" / "manifest.json").read_text())["parity"]["int8"]
+    assert p["psnr_db"] >= qz.PSNR_TARGET_DB and p["max_abs"] < 0.05
+    assert p["blind_spot"]["max_abs_change_at_pixel"] == 0.0 and p["masked_taps"]["all_still_zero"]
+
+
+def test_int8_nodes_are_typed_for_tensorrt(small):
+    """Every tensor a Q produces is int8 (shape inference agrees), so TensorRT's parser sees an INT8 network."""
+    m, amax = small
+    q = onnx.shape_inference.infer_shapes(qz.quantize_with(m, amax))
+    types = {v.name: v.type.tensor_type.elem_type for v in q.graph.value_info}
+    qs = [n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(types[t] == TensorProto.INT8 for t in qs)
