@@ -25,7 +25,7 @@ from ncis_deploy.data import ImageSet
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval.sweep import label
 from ncis_deploy.fileio import write_json
-from ncis_deploy.model.bsn import FBINet
+from ncis_deploy.model.bsn import FBINet, bilateral
 from ncis_deploy.train import LOG_NAME, TrainConfig, make_batch, train
 
 # one or two choices apart from the next; "old" is the trainer that produced the first shipped weights
@@ -37,7 +37,24 @@ DESIGNS: dict[str, dict] = {
     "mean4 residual, clean target": dict(baseline="mean4", target="clean", input="raw"),
     "mean4 residual, GS input → clean (NCIS)": dict(baseline="mean4", target="clean", input="gs"),
     "mean4 residual, mixed input → clean": dict(baseline="mean4", target="clean", input="mixed"),
+    "bilateral residual, clean target": dict(baseline="bilateral", target="clean", input="raw"),
+    "bilateral residual, GS input → clean": dict(baseline="bilateral", target="clean", input="gs"),
+    "bilateral residual, mixed input → clean": dict(baseline="bilateral", target="clean", input="mixed"),
 }
+
+
+def measure_full(net_dir: str, gs_setting: dict) -> dict:
+    """The trained BSN on the full-size hold-out photos: alone, and after ``gs_setting`` (the in-training curve
+    uses centre crops; the design table compares full-size figures measured the same way for every design)."""
+    from ncis_deploy.model.purifier import load_purifier
+    from ncis_deploy.model.smoothing import smooth_fused
+    from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs
+
+    pairs = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0)
+    bsn = load_purifier(net_dir).bsn.eval()
+    k, s, t = (gs_setting[n] for n in ("kernel_size", "sigma", "iterations"))
+    with torch.no_grad():
+        return {"bsn": mean_psnr(bsn, pairs), "ncis": mean_psnr(lambda x: bsn(smooth_fused(x, k, s, t)), pairs)}
 
 
 def time_taps(cfg: TrainConfig, steps: int = 12, rounds: int = 3) -> dict:
@@ -121,26 +138,44 @@ def main() -> None:
         return
     base = dict(steps=args.steps, filters=args.filters, layers=args.layers, crop=args.crop, batch=args.batch,
                 eval_every=max(1, args.steps // 4), checkpoint_every=args.steps)
-    report = {"command": " ".join(["python", *sys.argv]), **cpu_record(), "train": base,
-              "trainer_speed": time_taps(TrainConfig(**base)), "designs": {},
-              "linear_blind_predictors": linear_blind_predictors()}
-    print(json.dumps(report["trainer_speed"]), flush=True)
     names = list(DESIGNS)
-    if args.only:
+    if args.only:  # add to the existing report: same protocol, the other designs' rows kept
         names = [names[int(i)] for i in args.only.split(",")]
+        report = json.loads(args.out.with_suffix(".json").read_text())
+        if report["train"] != base:
+            raise SystemExit(f"--only: {args.out}.json was trained with {report['train']}, not {base}")
+        report.setdefault("commands", [report["command"]]).append(" ".join(["python", *sys.argv]))
+    else:
+        report = {"command": " ".join(["python", *sys.argv]), **cpu_record(), "train": base,
+                  "trainer_speed": time_taps(TrainConfig(**base)), "designs": {},
+                  "linear_blind_predictors": linear_blind_predictors()}
+        print(json.dumps(report["trainer_speed"]), flush=True)
     for name in names:
         with tempfile.TemporaryDirectory() as d:
             s = train(TrainConfig(**base, **DESIGNS[name], out=d), progress=False)
             log = [json.loads(ln) for ln in (Path(d) / LOG_NAME).read_text().splitlines()]
+            report.setdefault("baselines", log[0]["baselines"])
+            full = measure_full(d, report["baselines"]["gs_ncis_setting"])
         curve = [{k: r[k] for k in ("step", "holdout_psnr", "holdout_psnr_ncis")} for r in log if "holdout_psnr" in r]
-        report["baselines"] = log[0]["baselines"]
-        report["designs"][name] = {"settings": DESIGNS[name], "curve": curve, "wall_s": s["wall_s"],
-                                   "bsn": curve[-1]["holdout_psnr"], "ncis": curve[-1]["holdout_psnr_ncis"]}
-        print(f"{name}: bsn {curve[-1]['holdout_psnr']:.2f} dB, ncis {curve[-1]['holdout_psnr_ncis']:.2f} dB, "
-              f"{s['wall_s']:.0f} s", flush=True)
+        report["designs"][name] = {"settings": DESIGNS[name], "curve": curve, "wall_s": s["wall_s"], **full,
+                                   "curve_crop": log[0].get("holdout_crop")}
+        print(f"{name}: bsn {full['bsn']:.2f} dB, ncis {full['ncis']:.2f} dB, {s['wall_s']:.0f} s", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out.with_suffix(".json"), report)
+    if "bilateral" not in report["baselines"]:  # reports from before the blind bilateral existed
+        report["baselines"]["bilateral"] = full_size_baseline(bilateral)
+        write_json(args.out.with_suffix(".json"), report)
     plot(report, args.out.with_suffix(".png"))
+
+
+def full_size_baseline(fn) -> float:
+    from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs
+
+    with torch.no_grad():
+        return mean_psnr(fn, noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0))
+
+
+END_KEY = {"holdout_psnr": "bsn", "holdout_psnr_ncis": "ncis"}  # curve key → the design's full-size end figure
 
 
 def plot(report: dict, path: Path) -> None:
@@ -152,19 +187,25 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=False)
     b = report["baselines"]
     for ax, key, title, lines in (
-            (axes[0], "holdout_psnr", "BSN alone on noisy photos", (("noisy", "noisy input"), ("mean4", "4-neighbour mean"),
-                                                                    ("best_gs", "best GS"))),
+            (axes[0], "holdout_psnr", "BSN alone on noisy photos",
+             tuple((k, t) for k, t in (("noisy", "noisy input"), ("mean4", "4-neighbour mean"),
+                                       ("bilateral", "blind bilateral"), ("best_gs", "best GS")) if k in b)),
             (axes[1], "holdout_psnr_ncis", f"BSN after {label({'stages': [b['gs_ncis_setting']]})}",
              (("gs_ncis", "GS alone"), ("noisy", "noisy input")))):
         for name, d in report["designs"].items():
-            ax.plot([c["step"] for c in d["curve"]], [c[key] for c in d["curve"]], marker="o", label=name)
+            if d.get("curve_crop"):  # its curve was logged on centre crops: only its full-size end point compares
+                ax.plot([d["curve"][-1]["step"]], [d[END_KEY[key]]],
+                        marker="*", ms=14, ls="none", label=f"{name} (end, full size)")
+            else:
+                ax.plot([c["step"] for c in d["curve"]], [c[key] for c in d["curve"]], marker="o", label=name)
         for k, text in lines:
             ax.axhline(b[k], ls="--", lw=1, color="grey")
             ax.annotate(f"{text} {b[k]:.2f}", (0, b[k]), fontsize=8, color="dimgrey", va="bottom")
         # zoom on the baselines: the plain FBI-Net curves start near 7 dB and would flatten everything else
         lo = min(b["mean4"], b["gs_ncis"]) - 2.5
         ax.set_ylim(lo, max(b["noisy"], b["best_gs"]) + 0.5)
-        below = [n for n, d in report["designs"].items() if d["curve"][-1][key] < lo]
+        below = [n for n, d in report["designs"].items()
+                 if (d[END_KEY[key]] if d.get("curve_crop") else d["curve"][-1][key]) < lo]
         if below:
             ax.annotate(f"below the plot at the end: {len(below)} design(s), see the JSON", (0.01, 0.01),
                         xycoords="axes fraction", fontsize=8, color="dimgrey")

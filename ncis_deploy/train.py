@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ncis_deploy.data import ImageSet
 from ncis_deploy.errors import UserError
 from ncis_deploy.fileio import ensure_writable_dir, load_safetensors, read_json, save_safetensors, write_json
-from ncis_deploy.model.bsn import BASELINES, TAPS, FBINet, mean4
+from ncis_deploy.model.bsn import BASELINES, TAPS, FBINet, bilateral, mean4
 from ncis_deploy.model.purifier import CONFIG_NAME, PRESETS, WEIGHTS_NAME, normalize_config, save_bsn_weights
 from ncis_deploy.model.smoothing import smooth_fused
 from ncis_deploy.quality import HOLDOUT_NOISE, gs_sweep, mean_psnr, noisy_pairs
@@ -44,7 +44,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 STATE_NAME = "checkpoint.json"
 LOG_NAME = "train_log.jsonl"
 # GS applied to the training crops for input="gs"/"mixed", T drawn per crop: 0.55–2.75 px² of blur variance (the
-# ncis preset's GS, k5 σ2 T3, is ≈ 5 px²: docs/presets.md says what that does)
+# default input is raw: the ncis preset's BSN denoises what its GS leaves, docs/presets.md)
 INPUT_GS = {"kernel_size": 3, "sigma": 1.0}
 INPUT_GS_ITERATIONS = {"raw": (0,), "gs": (1, 2, 3, 4, 5), "mixed": (0, 1, 2, 3, 4, 5)}
 TARGETS = ("self", "clean")
@@ -65,10 +65,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     noise: float = 8.0  # input noise std drawn uniformly from [0, noise]/255 per image; 0 disables it
-    # gs → clean with the mean4 baseline measured best for the ncis preset (MODEL_CARD.md, "Designs compared")
-    input: str = "gs"  # "raw", "gs" or "mixed": see the module docstring
+    # raw → clean over the blind bilateral: the design that restores most (MODEL_CARD.md, "Designs compared")
+    input: str = "raw"  # "raw", "gs" or "mixed": see the module docstring
     target: str = "clean"  # "self" (the input) or "clean" (the noise-free, unsmoothed crop)
-    baseline: str = "mean4"  # the BSN's output = this blind predictor + the network's correction; "none": plain FBI-Net
+    baseline: str = "bilateral"  # the BSN's output = this blind predictor + the network's correction; "none": plain FBI-Net
     augment: bool = True
     schedule: str = "cosine"  # warm-up + cosine, or "step" (halved at 50 % and 75 %)
     warmup: int = 100  # warm-up steps of the cosine schedule (capped at a tenth of the run)
@@ -235,10 +235,11 @@ def _ncis_gs(x: torch.Tensor) -> torch.Tensor:
 
 
 def holdout_baselines(pairs) -> dict:
-    """Hold-out PSNR of what the BSN has to beat: the noisy input, the 4-neighbour mean (a blind predictor with
-    zero parameters), the ncis preset's GS alone, and the best setting of the GS sweep."""
+    """Hold-out PSNR of what the BSN has to beat: the noisy input, the blind predictors with zero parameters (the
+    4-neighbour mean, the blind bilateral), the ncis preset's GS alone, and the best setting of the GS sweep."""
     best = gs_sweep(pairs)[0]
     return {"noisy": mean_psnr(lambda x: x, pairs), "mean4": mean_psnr(mean4, pairs),
+            "bilateral": mean_psnr(bilateral, pairs),
             "gs_ncis": mean_psnr(_ncis_gs, pairs), "gs_ncis_setting": dict(PRESETS["ncis"].stages[0]),
             "best_gs": best["psnr"],
             "best_gs_setting": {k: best[k] for k in ("kernel_size", "sigma", "iterations")}}

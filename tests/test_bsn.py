@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from ncis_deploy import load_purifier
-from ncis_deploy.model.bsn import FBINet, mean4
+import torch.nn.functional as F
+
+from ncis_deploy.model import bsn as bsn_module
+from ncis_deploy.model.bsn import FBINet, bilateral, mean4
 
 # corners, borders, interior: the blind spot must hold where zero padding meets the masks too
 PIXELS = [(0, 0), (0, 23), (23, 0), (23, 23), (0, 11), (11, 0), (23, 12), (12, 23), (11, 11), (5, 17), (17, 4), (3, 3)]
@@ -37,7 +40,8 @@ def test_default_size_is_fbinet():
 
 @pytest.mark.parametrize("layers,filters,seed,baseline,taps", [
     (2, 4, 0, "none", "dense"), (5, 8, 1, "none", "live"), (17, 8, 2, "none", "live"),
-    (2, 4, 3, "mean4", "live"), (5, 8, 4, "mean4", "dense"), (17, 8, 5, "mean4", "live")])
+    (2, 4, 3, "mean4", "live"), (5, 8, 4, "mean4", "dense"), (17, 8, 5, "mean4", "live"),
+    (2, 4, 6, "bilateral", "live"), (5, 8, 7, "bilateral", "dense")])
 def test_blind_spot_random_weights(layers, filters, seed, baseline, taps):
     net = randomize(FBINet(3, layers, filters, baseline=baseline, taps=taps), seed)
     for centre, neighbours in centre_and_neighbour_grads(net):
@@ -91,10 +95,40 @@ def test_live_taps_leave_dead_taps_untouched():
         assert conv.weight.grad[..., conv.mask[0, 0] == 1].abs().max() > 0
 
 
-def test_mean4_baseline_starts_at_the_baseline():
-    net = FBINet(3, 4, 8, baseline="mean4")
+@pytest.mark.parametrize("baseline,fn", [("mean4", mean4), ("bilateral", bilateral)])
+def test_residual_baseline_starts_at_the_baseline(baseline, fn):
+    net = FBINet(3, 4, 8, baseline=baseline)
     x = torch.rand(2, 3, 16, 20)
-    assert torch.allclose(net(x), mean4(x), atol=1e-7)
+    assert torch.allclose(net(x), fn(x), atol=1e-7)
+
+
+def _centre_leaks(fn, size: int = 12) -> list[tuple[int, int]]:
+    x = torch.rand(1, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                   requires_grad=True)
+    y = fn(x)
+    leaks = []
+    for i in range(size):
+        for j in range(size):
+            (g,) = torch.autograd.grad(y[0, :, i, j].sum(), x, retain_graph=True)
+            if g[0, :, i, j].abs().max() > 0:
+                leaks.append((i, j))
+    return leaks
+
+
+def test_bilateral_is_blind_at_every_pixel(monkeypatch):
+    # every pixel, borders included: the 7×7 window reaches past the edge on 3 rows/columns
+    assert _centre_leaks(bilateral) == []
+    # and the check can fail: reflect padding (what mean4 uses) would fold a neighbour onto the centre near edges
+    monkeypatch.setattr(bsn_module.F, "pad", lambda t, p, mode="constant": F.pad(t, p, mode="reflect"))
+    assert len(_centre_leaks(bilateral)) > 0
+
+
+def test_bilateral_smooths_flat_regions_and_keeps_edges():
+    flat = torch.full((1, 3, 16, 16), 0.5) + 0.03 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert (bilateral(flat) - 0.5).std() < 0.5 * (mean4(flat) - 0.5).std()  # averages ~20 neighbours, not 4
+    step = torch.zeros(1, 3, 16, 16)
+    step[..., 8:] = 1.0
+    assert (bilateral(step) - step).abs()[..., 2:-2, :].max() < 1e-3 < (mean4(step) - step).abs().max()
 
 
 def test_receptive_field_taps():

@@ -368,6 +368,17 @@ def test_sweep_bsn_counts_share_passes_exactly(monkeypatch):
     assert [len(c["stages"]) for c in grid_configs(grid)] == [0, 1, 2]
 
 
+def test_sweep_gs_t0_is_the_bsn_alone_measured_once():
+    from ncis_deploy.eval.sweep import grid_configs, label
+
+    grid = {"kernel_size": (3, 5), "sigma": (1.0, 2.0), "iterations": (0, 1), "bsn_iterations": (0, 1)}
+    labels = [label(c) for c in grid_configs(grid)]
+    assert len(labels) == len(set(labels))  # T0 is the same purifier whatever the kernel and sigma
+    assert labels[:2] == ["none", "bsn×1"]
+    assert len(labels) == 2 + 4 * 2  # none, bsn×1, then 4 GS settings × (0, 1) BSN passes
+    assert load_purifier(grid_configs(grid)[1]).config["stages"] == [{"type": "bsn", "iterations": 1}]
+
+
 # --------------------------------------------------------------------------------- defaults: ε, transfer, ghosts
 def test_default_eps_and_attacks():
     o = EvalOptions()

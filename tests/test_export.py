@@ -25,12 +25,12 @@ def run(*args):
     return CliRunner().invoke(cli, list(map(str, args)))
 
 
-def small_purifier(layers=4, filters=8, gs_iterations=3, seed=0):
+def small_purifier(layers=4, filters=8, gs_iterations=3, seed=0, baseline="none"):
     cfg = {"stages": [{"type": "gs", "kernel_size": 3, "sigma": 1.0, "iterations": gs_iterations},
                       {"type": "bsn", "iterations": 2},
                       {"type": "gs", "kernel_size": 5, "sigma": 0.7, "iterations": 1},
                       {"type": "gs", "kernel_size": 3, "sigma": 1.2, "iterations": 2}],
-           "bsn": {"channels": 3, "layers": layers, "filters": filters}}
+           "bsn": {"channels": 3, "layers": layers, "filters": filters, "baseline": baseline}}
     p = Purifier(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -44,8 +44,9 @@ def ort(model, x):
         return r.infer(x)
 
 
-def test_onnx_matches_torch_fixed_and_dynamic():
-    p = small_purifier()
+@pytest.mark.parametrize("baseline", ["none", "mean4", "bilateral"])
+def test_onnx_matches_torch_fixed_and_dynamic(baseline):
+    p = small_purifier(baseline=baseline)
     with torch.no_grad():
         x = np.random.default_rng(0).random((3, 3, 20, 27), dtype=np.float32)
         ref = p(torch.from_numpy(x)).numpy()
@@ -95,8 +96,9 @@ def test_live_tap_bsn_needs_at_most_062_of_dense_macs():
     assert np.abs(ort(live, x) - ort(dense, x)).max() < 1e-5
 
 
-def test_fp16_export_is_fp16_typed_and_close():
-    p = small_purifier()
+@pytest.mark.parametrize("baseline", ["none", "bilateral"])
+def test_fp16_export_is_fp16_typed_and_close(baseline):
+    p = small_purifier(baseline=baseline)
     m = build_onnx(p, 24, 24, fp16=True)
     onnx.checker.check_model(m, full_check=True)
     float_inits = [t for t in m.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]

@@ -8,7 +8,7 @@ import torch
 
 from ncis_deploy import load_purifier
 from ncis_deploy.data import ImageSet
-from ncis_deploy.model.bsn import mean4
+from ncis_deploy.model.bsn import bilateral, mean4
 from ncis_deploy.model.purifier import default_weights_path
 from ncis_deploy.quality import HOLDOUT_NOISE, channel_shift, mean_psnr, noisy_pairs
 
@@ -25,6 +25,7 @@ def test_model_card_describes_the_shipped_files():
     rows = card["holdout"]["psnr_db"]
     assert mean_psnr(lambda x: x, pairs) == pytest.approx(rows["noisy input"], abs=1e-6)
     assert mean_psnr(mean4, pairs) == pytest.approx(rows["4-neighbour mean"], abs=1e-6)
+    assert mean_psnr(bilateral, pairs) == pytest.approx(rows["blind bilateral (0 parameters)"], abs=1e-6)
     assert card["training"]["command"].startswith("ncis-deploy train ")
     assert (Path(CARD).parent / "MODEL_CARD.md").read_text().count("|") > 20
     for png in ("training_curve.png", "purified_examples.png"):  # the card's pictures ship beside it
@@ -46,3 +47,6 @@ def test_model_card_numbers_are_what_the_shipped_weights_do():
     assert len(shifts) == len(recorded) > 0
     for got, want in zip(shifts, recorded):
         assert got == pytest.approx(want, abs=1e-3)
+    # and the card's checks: one pass restores more than the 4-neighbour mean (issue 11's +1 dB)
+    assert {c["check"]: c["pass"] for c in card["checks"]}["one BSN pass ≥ 4-neighbour mean on each photo"]
+    assert rows["one BSN pass"] >= rows["4-neighbour mean"] + 1.0

@@ -98,8 +98,8 @@ def _parse_eps(text: str, option: str = "--eps") -> float:
               help="Instead: clean vs purifier-blind robust agreement over a grid of GS (kernel, sigma, iterations) "
                    "and BSN iterations (the first --eps, --steps PGD steps), to choose presets by measurement.")
 @click.option("--grid", "grid_specs", multiple=True, metavar="KEY=V1,V2",
-              help="Sweep only these values (repeatable): kernel_size, sigma, iterations, bsn_iterations; keys not "
-                   "given keep the default grid ("
+              help="Sweep only these values (repeatable): kernel_size, sigma, iterations, bsn_iterations "
+                   "(iterations 0: the BSN alone, measured once); keys not given keep the default grid ("
                    + "; ".join(f"{_GRID_LETTERS[k]} {','.join(f'{v:g}' for v in vs)}" for k, vs in DEFAULT_GRID.items())
                    + ").")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")

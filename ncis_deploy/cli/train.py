@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ncis_deploy.cli import defaults_of, user_errors, write_outputs
+from ncis_deploy.model.bsn import BASELINES
 from ncis_deploy.train import TrainConfig
 
 OPTIONS = TrainConfig  # where this command's defaults live
@@ -31,9 +32,9 @@ def _d(name: str) -> str:
 @click.option("--batch", type=int, default=None, help="Crops per step." + _d("batch"))
 @click.option("--layers", type=int, default=None, help="FBI-Net masked conv layers L." + _d("layers"))
 @click.option("--filters", type=int, default=None, help="FBI-Net feature width F." + _d("filters"))
-@click.option("--baseline", type=click.Choice(["mean4", "none"]), default=None,
-              help="mean4: output = 4-neighbour mean + the network's correction (starts at that baseline); "
-                   "none: plain FBI-Net." + _d("baseline"))
+@click.option("--baseline", type=click.Choice(list(BASELINES)), default=None,
+              help="The blind predictor the network corrects (training starts at it): mean4 = 4-neighbour mean; "
+                   "bilateral = blind bilateral over the 7×7 neighbours; none: plain FBI-Net." + _d("baseline"))
 @click.option("--lr", type=float, default=None, help="Adam peak learning rate." + _d("lr"))
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None,
               help="cosine: linear warm-up then cosine to zero; step: halved at 50% and 75%." + _d("schedule"))

@@ -47,16 +47,24 @@ def parse_grid(specs) -> dict:
 
 
 def _gs_settings(grid: dict) -> list[dict]:
-    return [{"type": "gs", "kernel_size": k, "sigma": float(s), "iterations": t}
-            for k, s, t in itertools.product(grid["kernel_size"], grid["sigma"], grid["iterations"])]
+    """GS stages of the grid; ``iterations`` 0 (no smoothing: the BSN alone) once, whatever the kernel and sigma."""
+    out = [{"type": "gs", "kernel_size": k, "sigma": float(s), "iterations": t}
+           for k, s, t in itertools.product(grid["kernel_size"], grid["sigma"], grid["iterations"])]
+    first_t0 = next((g for g in out if g["iterations"] == 0), None)
+    return [g for g in out if g["iterations"] or g is first_t0]
 
 
 def _config(gs: dict, bsn: int) -> dict:
-    return {"stages": [gs] + ([{"type": "bsn", "iterations": bsn}] if bsn else [])}
+    return {"stages": ([gs] if gs["iterations"] else []) + ([{"type": "bsn", "iterations": bsn}] if bsn else [])}
+
+
+def _pairs(grid: dict) -> list[tuple[dict, int]]:
+    """(GS stage, BSN count) of every configuration but "none" (which GS T0 + bsn×0 would repeat)."""
+    return [(gs, b) for gs in _gs_settings(grid) for b in grid["bsn_iterations"] if gs["iterations"] or b]
 
 
 def grid_configs(grid: dict) -> list[dict]:
-    return [{"stages": []}] + [_config(gs, b) for gs in _gs_settings(grid) for b in grid["bsn_iterations"]]
+    return [{"stages": []}] + [_config(gs, b) for gs, b in _pairs(grid)]
 
 
 def purify_bsn_counts(gs_raw, bsn_pass, x: torch.Tensor, counts, batch: int) -> dict[int, tuple[torch.Tensor, float]]:
@@ -105,7 +113,8 @@ def run_sweep(o: EvalOptions, grid: dict | None = None, progress: Callable[[str]
         gs_raw = load_purifier({"stages": [gs], "clamp": False})
         clean, attacked = (purify_bsn_counts(gs_raw, bsn_pass, x, counts, o.batch) for x in (ds.images, adv))
         for b in counts:
-            record(_config(gs, b), clean[b][0], attacked[b][0], round(clean[b][1] + attacked[b][1], 1))
+            if gs["iterations"] or b:
+                record(_config(gs, b), clean[b][0], attacked[b][0], round(clean[b][1] + attacked[b][1], 1))
     return {"kind": "sweep", "command": command, "classifier": clf.name, "metric": ds.metric,
             "data": {"source": ds.source, "images": len(ds)}, "attack": {"name": "pgd", "threat_model":
             "purifier-blind", "eps": eps, "eps_label": _fmt_eps(eps), "steps": o.steps, "seed": o.seed},
@@ -165,16 +174,18 @@ def plot_sweep(rep: dict, path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     colors = {0: "tab:blue", 1: "tab:red", 2: "tab:purple"}
+    front = frontier(rep["rows"])
+    on_front = {r["label"] for r in front}
     for r in rep["rows"]:
         b = _bsn_count(r["config"])
         ax.scatter(r["clean"], r["robust"], c=colors.get(b, "black"), s=18)
-        ax.annotate(r["label"], (r["clean"], r["robust"]), fontsize=5)
-    front = frontier(rep["rows"])
+        if r["label"] in on_front:  # the other points crowd each other; the table names every one
+            ax.annotate(r["label"], (r["clean"], r["robust"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
     ax.plot([r["clean"] for r in front], [r["robust"] for r in front], color="grey", linewidth=0.8, zorder=0)
     ax.set_xlabel(f"clean {rep['metric']}")
     ax.set_ylabel(f"purifier-blind robust {rep['metric']} ({rep['attack']['eps_label']})")
-    ax.set_title(f"GS (blue), GS + 1 BSN pass (red), + 2 passes (purple); grey: frontier; "
-                 f"{rep['data']['images']} images", fontsize=8)
+    ax.set_title(f"GS (blue), + 1 BSN pass (red), + 2 passes (purple); no GS T: the BSN alone\n"
+                 f"grey: the frontier (labelled); {rep['data']['images']} images", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

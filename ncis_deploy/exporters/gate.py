@@ -281,3 +281,14 @@ def check_tensorrt_compatible(model: onnx.ModelProto, plugins: frozenset[str] | 
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise TensorRTGateError(f"the ONNX graph is not TensorRT-compatible: {problems[0]}{more}")
+
+
+def graph_index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """(tensor name → the node producing it, tensor name → the nodes reading it, in graph order): the one index the
+    graph rewrites (Q/DQ export, ORT's CPU Q/DQ form) walk."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return producer, readers

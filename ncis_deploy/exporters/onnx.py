@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import plugin_ref
 from ncis_deploy.exporters.gate import PLUGIN_DOMAIN
-from ncis_deploy.model.bsn import FBINet, MaskedConv2d, Residual
+from ncis_deploy.model.bsn import BILATERAL_H, BILATERAL_RADIUS, FBINet, MaskedConv2d, Residual, _bilateral_taps
 from ncis_deploy.model.purifier import Purifier
 from ncis_deploy.model.smoothing import fused_matrix, gaussian_kernel1d
 
@@ -85,6 +85,13 @@ class _Graph:
         out = self.name(hint or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
+
+    def split(self, x: str, sizes: list[int], hint: str) -> list[str]:
+        """Split along axis 1 (sizes as an input: the form every opset from 13 reads)."""
+        name = self.name(hint)
+        outs = [f"{name}_{i}" for i in range(len(sizes))]
+        self.nodes.append(helper.make_node("Split", [x, self.const(sizes, np.int64)], outs, name=name, axis=1))
+        return outs
 
 
 # ----------------------------------------------------------------------------------------------------------- GS
@@ -218,6 +225,44 @@ def _mean4(g: _Graph, x: str, channels: int) -> str:
                 pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
 
 
+def _bilateral(g: _Graph, x: str, channels: int) -> str:
+    """The blind bilateral baseline (:func:`ncis_deploy.model.bsn.bilateral`) in 4-D ops only: a depthwise one-hot
+    conv gathers the T neighbours of each channel, Split gives each channel its [N, T, H, W], and the weights are a
+    Softmax over T of spatial − ‖n − mean4‖² / h² − (outside the image ? 10⁴ : 0)."""
+    r = BILATERAL_RADIUS
+    k, spatial = _bilateral_taps(channels)
+    t = k.shape[0] // channels
+    pads = g.const([0, 0, r, r, 0, 0, r, r], np.int64)
+
+    def gather(src: str, kernel: np.ndarray, group: int, hint: str) -> str:
+        padded = g.op("Pad", [src, pads], f"{hint}_pad", mode="constant")
+        return g.op("Conv", [padded, g.init(f"{hint}_w", kernel)], hint, kernel_shape=[2 * r + 1] * 2,
+                    group=group, pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
+
+    taps = g.split(gather(x, _np(k), channels, "bilateral_taps"), [t] * channels, "bilateral_split")
+    guides = g.split(_mean4(g, x, channels), [1] * channels, "bilateral_guide_split")
+    d2 = None
+    for tc, gc in zip(taps, guides):
+        diff = g.op("Sub", [tc, gc])
+        sq = g.op("Mul", [diff, diff])
+        d2 = sq if d2 is None else g.op("Add", [d2, sq])
+    ones = g.op("Add", [g.op("Mul", [g.op("Slice", [x, g.const([0], np.int64), g.const([1], np.int64),
+                                                      g.const([1], np.int64)]), g.const(0.0, g.dtype)]),
+                       g.const(1.0, g.dtype)])
+    inside = gather(ones, _np(k[:t]), 1, "bilateral_inside")
+    logits = g.op("Mul", [d2, g.const(-1.0 / (channels * BILATERAL_H ** 2), g.dtype)])
+    logits = g.op("Add", [logits, g.init("bilateral_spatial", _np(spatial).reshape(1, -1, 1, 1))])
+    logits = g.op("Add", [logits, g.op("Mul", [g.op("Sub", [inside, g.const(1.0, g.dtype)]),
+                                               g.const(1e4, g.dtype)])])
+    w = g.op("Softmax", [logits], "bilateral_softmax", axis=1)
+    outs = [g.op("ReduceSum", [g.op("Mul", [tc, w]), g.const([1], np.int64)], "bilateral_sum", keepdims=1)
+            for tc in taps]
+    return g.op("Concat", outs, "bilateral", axis=1)
+
+
+_BASELINE_OPS = {"mean4": _mean4, "bilateral": _bilateral}
+
+
 def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
     raw = _prelu(g, _masked_conv(g, x, net.convs[0], dense), net.raw_acts[0])
     out = total = _residual(g, raw, net.residuals[0])
@@ -228,7 +273,7 @@ def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
     y = _prelu(g, g.op("Mul", [total, g.const(1.0 / net.layers, g.dtype)]), net.head_act)
     y = _residual(g, y, net.head_residual)
     y = _conv(g, y, _np(net.head.weight), _np(net.head.bias), hint="bsn_head")
-    return g.op("Add", [y, _mean4(g, x, net.channels)]) if net.baseline == "mean4" else y
+    return y if net.baseline == "none" else g.op("Add", [y, _BASELINE_OPS[net.baseline](g, x, net.channels)])
 
 
 def _clip(g: _Graph, x: str) -> str:

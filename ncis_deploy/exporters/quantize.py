@@ -43,6 +43,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ncis_deploy.errors import UserError
+from ncis_deploy.exporters.gate import graph_index
 from ncis_deploy.quality import LOW_PRECISION_PSNR_DB
 
 INT8_MAX = 127
@@ -58,7 +59,7 @@ FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the m
 
 # Name hints of the FP32 builder (exporters/onnx.py): which convs are the baseline, the head, and the masked layers
 # (a layer starts at its first conv: bsn_conv for layer 1, bsn_centre for the others).
-_BASELINE_PREFIX, _HEAD_PREFIX = "mean4", "bsn_head"
+_BASELINE_PREFIXES, _HEAD_PREFIX = ("mean4", "bilateral"), "bsn_head"
 _MASKED_PREFIXES = ("bsn_conv", "bsn_centre", "bsn_knight", "bsn_corners")
 _LAYER_START_PREFIXES = ("bsn_conv", "bsn_centre")
 _ELEMENTWISE = ("Add", "Mul", "LeakyRelu", "PRelu")
@@ -278,7 +279,7 @@ def _scalar_constant(t: onnx.TensorProto | None) -> float | None:
 
 
 def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS) -> set[str]:
-    """Names of the convs that stay float: the mean4 baselines and the masked convs of each BSN pass's first
+    """Names of the convs that stay float: the blind baselines (mean4, bilateral) and the masked convs of each BSN pass's first
     ``float_layers`` layers."""
     out, layer = set(), -1
     for n in model.graph.node:
@@ -288,7 +289,7 @@ def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
             layer = -1  # a new BSN pass
         if n.name.startswith(_LAYER_START_PREFIXES):
             layer += 1
-        if n.name.startswith(_BASELINE_PREFIX) or (n.name.startswith(_MASKED_PREFIXES) and layer < float_layers):
+        if n.name.startswith(_BASELINE_PREFIXES) or (n.name.startswith(_MASKED_PREFIXES) and layer < float_layers):
             out.add(n.name)
     return out
 
@@ -493,13 +494,9 @@ def masked_taps_report(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> dict:
 
 def bsn_subgraph(model: onnx.ModelProto) -> onnx.ModelProto:
     """The first BSN pass of a purifier graph, as its own graph: its input (what GS hands it) → its output (head
-    correction + mean4 baseline, before any clip), with the same nodes and initializers."""
+    correction + blind baseline, before any clip), with the same nodes and initializers."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    producer, readers = graph_index(g)
     first = next((n for n in g.node if n.op_type == "Conv" and n.name.startswith(_MASKED_PREFIXES[0])), None)
     head = next((n for n in g.node if n.op_type == "Conv" and n.name.startswith(_HEAD_PREFIX)), None)
     if first is None or head is None:
@@ -509,7 +506,7 @@ def bsn_subgraph(model: onnx.ModelProto) -> onnx.ModelProto:
         src = producer[src].input[0]
     out = head.output[0]
     add = [r for r in readers.get(out, []) if r.op_type == "Add"]
-    if add:  # mean4 baseline + correction
+    if add:  # blind baseline + correction
         out = add[0].output[0]
     keep, stack = set(), [out]
     while stack:  # every node the output needs, back to the BSN input (nodes known by their first output)

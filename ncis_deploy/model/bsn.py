@@ -13,9 +13,12 @@ Every dilated offset is (3a, 3b) with a ≡ b (mod 2), and no offset of layers 1
 returns to (0, 0).
 
 Two choices on top of FBI-Net, both measured (ncis_deploy/weights/MODEL_CARD.md):
-- ``baseline="mean4"``: the output is the 4-neighbour mean (reflect-padded, itself blind) plus the network's
-  correction, and the head starts at zero, so training starts at that zero-parameter predictor instead of far
-  below it, and the network cannot drift the image's colours through a learned output bias;
+- ``baseline="mean4"`` / ``"bilateral"``: the output is a zero-parameter blind predictor plus the network's
+  correction, and the head starts at zero, so training starts at that predictor instead of far below it, and the
+  network cannot drift the image's colours through a learned output bias. ``mean4`` is the 4-neighbour mean;
+  ``bilateral`` (the default of ``ncis-deploy train``) averages the 48 neighbours of a 7×7 window with weights that
+  fall with distance and with difference from the 4-neighbour mean, so flat regions average many neighbours and
+  edges keep to their side; the network then learns what such a filter misses (texture);
 - ``taps="live"`` (the default): masked convolutions compute only their live taps (layers 3..L: 5 of 9, layer 2:
   9 of 25) as a 1×1 conv plus small dilated convs, the same decomposition the ONNX exporter uses. Weights stay in
   the dense masked layout, so the state dict and the blind spot are the same for both forms; ``taps="dense"`` is
@@ -98,7 +101,6 @@ class Residual(nn.Module):
         return self.act2((x + self.conv2(self.act1(self.conv1(x)))) / 2)
 
 
-BASELINES = ("none", "mean4")
 TAPS = ("live", "dense")
 
 
@@ -107,6 +109,41 @@ def mean4(x: torch.Tensor) -> torch.Tensor:
     neighbour onto the centre; replicate padding would)."""
     p = F.pad(x, (1, 1, 1, 1), mode="reflect")
     return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) * 0.25
+
+
+# the blind bilateral's constants, chosen on the noisy hold-out photos among r 1..4, h 0.02..0.15, s 1..9
+# (MODEL_CARD.md, "Blind predictors without parameters")
+BILATERAL_RADIUS, BILATERAL_H, BILATERAL_SIGMA = 3, 0.1, 1.5
+
+
+def _bilateral_taps(channels: int, r: int = BILATERAL_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot depthwise kernels picking the (2r+1)² − 1 neighbours (the centre left out), and their spatial weights."""
+    offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
+    k = torch.zeros(len(offs), 1, 2 * r + 1, 2 * r + 1)
+    for i, (dy, dx) in enumerate(offs):
+        k[i, 0, r + dy, r + dx] = 1.0
+    spatial = torch.tensor([-(dy * dy + dx * dx) / (2 * BILATERAL_SIGMA ** 2) for dy, dx in offs])
+    return k.repeat(channels, 1, 1, 1), spatial
+
+
+def bilateral(x: torch.Tensor) -> torch.Tensor:
+    """A blind bilateral filter: the (2r+1)² − 1 neighbours averaged with weights exp(−‖n − m‖² / h² − d² / 2s²),
+    where m is the 4-neighbour mean (itself blind) standing in for the unseen centre. Flat regions average ~20
+    neighbours, edges keep to their side; no weight or guide ever reads the centre pixel, so it stays blind.
+    Zero padding with out-of-image taps weighted out: reflect padding wider than 1 maps a neighbour onto the centre."""
+    n, c, h, w = x.shape
+    r = BILATERAL_RADIUS
+    k, spatial = _bilateral_taps(c)
+    taps = F.conv2d(F.pad(x, (r, r, r, r)), k.to(x), groups=c).view(n, c, -1, h, w)
+    inside = F.conv2d(F.pad(torch.ones_like(x[:, :1]), (r, r, r, r)), k[: k.shape[0] // c].to(x)).unsqueeze(1)
+    d2 = ((taps - mean4(x).unsqueeze(2)) ** 2).mean(1, keepdim=True)  # [N, 1, T, H, W]
+    logits = spatial.to(x).view(1, 1, -1, 1, 1) - d2 / BILATERAL_H ** 2 + (inside - 1.0) * 1e4
+    wts = torch.softmax(logits, dim=2)  # softmax = exp / sum, without overflow
+    return (taps * wts).sum(2)
+
+
+BASELINES = ("none", "mean4", "bilateral")
+_BASELINE_FN = {"mean4": mean4, "bilateral": bilateral}
 
 
 def normalize_arch(arch: dict) -> dict:
@@ -163,7 +200,7 @@ class FBINet(nn.Module):
             out = self.residuals[i](self.mix_acts[i - 1]((raw + out) / 2))
             total = total + out
         y = self.head(self.head_residual(self.head_act(total / self.layers)))
-        return y + mean4(x) if self.baseline == "mean4" else y
+        return y if self.baseline == "none" else y + _BASELINE_FN[self.baseline](x)
 
     def receptive_radius(self) -> int:
         """Largest |offset| any output reads: 1 + 2 + 3·(L − 2)."""

@@ -102,10 +102,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "none": Preset("identity: no purification (the baseline)", ()),
     "gs": Preset("Gaussian smoothing only (the GS stage of ncis)",
-                 ({"type": "gs", "kernel_size": 5, "sigma": 2.0, "iterations": 3},)),
+                 ({"type": "gs", "kernel_size": 5, "sigma": 1.0, "iterations": 3},)),
     "ncis": Preset(
         "GS then one pass of the shipped blind-spot network (NCIS)",
-        ({"type": "gs", "kernel_size": 5, "sigma": 2.0, "iterations": 3}, {"type": "bsn", "iterations": 1}),
+        ({"type": "gs", "kernel_size": 5, "sigma": 1.0, "iterations": 3}, {"type": "bsn", "iterations": 1}),
         uses_default_weights=True,
     ),
 }

@@ -238,13 +238,11 @@ def _qdq_parts(node, inits) -> tuple[np.ndarray, np.ndarray] | None:
 def _drop_identity_muls(m) -> int:
     from onnx import numpy_helper
 
+    from ncis_deploy.exporters.gate import graph_index
+
     g = m.graph
     inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    producer, readers = graph_index(g)
     graph_outputs = {o.name for o in g.output}
     drop, rewire = set(), {}
     for n in g.node:
@@ -290,12 +288,10 @@ def _drop_identity_muls(m) -> int:
 def _conv_at_int8_entries(m) -> int:
     from onnx import helper, numpy_helper, shape_inference
 
+    from ncis_deploy.exporters.gate import graph_index
+
     g = m.graph
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    producer, readers = graph_index(g)
     entries = []
     for n in g.node:
         src = producer.get(n.input[0]) if n.op_type == "QuantizeLinear" else None
@@ -338,12 +334,11 @@ def _conv_at_int8_entries(m) -> int:
 def _activations_to_uint8(m) -> int:
     from onnx import TensorProto, numpy_helper
 
+    from ncis_deploy.exporters.gate import graph_index
+
     g = m.graph
     inits = {t.name: t for t in g.initializer}
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    _, readers = graph_index(g)
     added: dict[str, str] = {}
 
     def as_uint8(name: str) -> str:
