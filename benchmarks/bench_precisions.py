@@ -280,12 +280,13 @@ def plot(record: dict, path: Path) -> None:
     rep = record["bench"]
     per = by_label(rep)
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
-    for label, rows in per.items():
+    for i, (label, rows) in enumerate(per.items()):
         bs = sorted(rows)
-        ax1.plot(bs, [rows[b]["throughput_ips"] for b in bs], marker="o", label=label)
+        color = f"C{i}"  # one colour per backend in both panels
+        ax1.plot(bs, [rows[b]["throughput_ips"] for b in bs], marker="o", label=label, color=color)
         ratios = [ratio_of(rep, label, b) for b in bs]
         if label != REF:
-            ax2.plot(bs, ratios, marker="o", label=label)
+            ax2.plot(bs, ratios, marker="o", label=label, color=color)
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(rep["settings"]["batches"])
@@ -308,7 +309,10 @@ def plot(record: dict, path: Path) -> None:
     ax3.set_title("batch split, interleaved")
     ax3.legend(fontsize=7)
     m = record["machine"]
-    fig.suptitle(f"ncis-deploy bench precisions — {rep['purifier']['source']} — {m['cpu']} "
+    source = rep["purifier"]["source"]
+    if "/tmp" in source:  # a temporary export: what it held is the preset, not the path
+        source = "ncis preset (export --int8 in a temporary directory)"
+    fig.suptitle(f"ncis-deploy bench precisions — {source} — {m['cpu']} "
                  f"({', '.join(m['isa'])}), "
                  f"{m['cores']} cores, load {rep['machine']['load_average']['before'][0]}", fontsize=9)
     fig.tight_layout()

@@ -79,7 +79,8 @@ def test_openvino_bf16_row_with_its_psnr_or_a_clear_refusal(tinymod):
         return
     rep = run_eval(opts)
     bf16, f32 = _rows(rep, "openvino:bf16")["ncis"], _rows(rep, "openvino:f32")["ncis"]
-    assert bf16["runner"]["precision"] == "bf16" and bf16["runner"]["layer_precisions"]["Convolution"] == {"bf16": 72}
+    convs = bf16["runner"]["layer_precisions"]["Convolution"]
+    assert bf16["runner"]["precision"] == "bf16" and set(convs) == {"bf16"} and convs["bf16"] > 50  # every one
     assert f32["runner"]["precision"] == "f32"
     # bf16 keeps ~3 significant digits: measurably worse than f32, far better than a wrong graph
     assert 25 < bf16["psnr_db_min"] < f32["psnr_db_min"] and f32["psnr_db_min"] > 80
