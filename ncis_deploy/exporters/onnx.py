@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import plugin_ref
 from ncis_deploy.exporters.gate import PLUGIN_DOMAIN
-from ncis_deploy.model.bsn import BILATERAL_H, BILATERAL_RADIUS, FBINet, MaskedConv2d, Residual, _bilateral_taps
+from ncis_deploy.model.bsn import BILATERAL_H, BILATERAL_RADIUS, FBINet, MaskedConv2d, Residual, bilateral_taps
 from ncis_deploy.model.purifier import Purifier
 from ncis_deploy.model.smoothing import fused_matrix, gaussian_kernel1d
 
@@ -230,7 +230,7 @@ def _bilateral(g: _Graph, x: str, channels: int) -> str:
     conv gathers the T neighbours of each channel, Split gives each channel its [N, T, H, W], and the weights are a
     Softmax over T of spatial − ‖n − mean4‖² / h² − (outside the image ? 10⁴ : 0)."""
     r = BILATERAL_RADIUS
-    k, spatial = _bilateral_taps(channels)
+    k, spatial = bilateral_taps(channels)
     t = k.shape[0] // channels
     pads = g.const([0, 0, r, r, 0, 0, r, r], np.int64)
 

@@ -21,12 +21,12 @@ PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 7
 What stays float, and why:
 
 * The first ``FLOAT_MASKED_LAYERS`` (3) masked layers of each BSN pass: the raw chain is a plain 17-layer stack, and
-  rounding injected at its start is amplified by every layer after it. Measured on the shipped purifier at 224²
-  (hold-out photos): everything int8 gives 38.5 dB PSNR vs FP32, the same with per-channel or asymmetric
+  rounding injected at its start is amplified by every layer after it. Measured on the purifier shipped before the
+  bilateral baseline (mean4, at 224², hold-out photos): everything int8 gives 38.5 dB PSNR vs FP32, the same with per-channel or asymmetric
   activations (39-39.5 dB), 45 dB with the first two layers float and 52 dB with three, for 13 % of the MACs.
-* GS (two fixed MatMuls, ≈ 1 % of the MACs, with smoothing weights int8 cannot hold), the mean4 blind baseline
-  (exact), the head conv's output and what follows (the image is put back together in float: head correction +
-  mean4, clipped).
+* GS (two fixed MatMuls, ≈ 1 % of the MACs, with smoothing weights int8 cannot hold), the blind baseline (mean4 or
+  the bilateral: exact), the head conv's output and what follows (the image is put back together in float: head
+  correction + baseline, clipped). With the bilateral baseline the artifact measures 63.5 dB vs FP32.
 
 The blind spot holds exactly: every int8 op is per pixel or reads only the taps the float graph reads
 (:func:`blind_spot_report` checks it on the artifact's own BSN).
@@ -48,8 +48,8 @@ from ncis_deploy.quality import LOW_PRECISION_PSNR_DB
 
 INT8_MAX = 127
 # Weights use 7 bits ([-63, 63]): x86 u8 x s8 kernels without VNNI (vpmaddubsw) add two products in int16, which
-# 255·127·2 overflows and 255·63·2 does not. Measured on the shipped purifier at 224²: 51.9 dB vs FP32 with 7-bit
-# weights, 51.8 with 8-bit (activation rounding dominates), so exactness on every CPU costs nothing.
+# 255·127·2 overflows and 255·63·2 does not. Measured on the mean4-baseline purifier at 224²: 51.9 dB vs FP32 with
+# 7-bit weights, 51.8 with 8-bit (activation rounding dominates), so exactness on every CPU costs nothing.
 WEIGHT_MAX = 63
 NEG_GAIN = 256.0  # α of the LeakyRelu that computes min(y, 0): > 2·127, so y's positive side rounds to 0
 CALIBRATION_MAX_IMAGES = 16  # a folder's images are spread over this many; the bundled set has 9

@@ -116,7 +116,7 @@ def mean4(x: torch.Tensor) -> torch.Tensor:
 BILATERAL_RADIUS, BILATERAL_H, BILATERAL_SIGMA = 3, 0.1, 1.5
 
 
-def _bilateral_taps(channels: int, r: int = BILATERAL_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+def bilateral_taps(channels: int, r: int = BILATERAL_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
     """One-hot depthwise kernels picking the (2r+1)² − 1 neighbours (the centre left out), and their spatial weights."""
     offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
     k = torch.zeros(len(offs), 1, 2 * r + 1, 2 * r + 1)
@@ -133,7 +133,7 @@ def bilateral(x: torch.Tensor) -> torch.Tensor:
     Zero padding with out-of-image taps weighted out: reflect padding wider than 1 maps a neighbour onto the centre."""
     n, c, h, w = x.shape
     r = BILATERAL_RADIUS
-    k, spatial = _bilateral_taps(c)
+    k, spatial = bilateral_taps(c, r)
     taps = F.conv2d(F.pad(x, (r, r, r, r)), k.to(x), groups=c).view(n, c, -1, h, w)
     inside = F.conv2d(F.pad(torch.ones_like(x[:, :1]), (r, r, r, r)), k[: k.shape[0] // c].to(x)).unsqueeze(1)
     d2 = ((taps - mean4(x).unsqueeze(2)) ** 2).mean(1, keepdim=True)  # [N, 1, T, H, W]
