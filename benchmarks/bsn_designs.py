@@ -48,9 +48,9 @@ def measure_full(net_dir: str, gs_setting: dict) -> dict:
     uses centre crops; the design table compares full-size figures measured the same way for every design)."""
     from ncis_deploy.model.purifier import load_purifier
     from ncis_deploy.model.smoothing import smooth_fused
-    from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs
+    from ncis_deploy.quality import holdout_pairs, mean_psnr
 
-    pairs = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0)
+    pairs = holdout_pairs()
     bsn = load_purifier(net_dir).bsn.eval()
     k, s, t = (gs_setting[n] for n in ("kernel_size", "sigma", "iterations"))
     with torch.no_grad():
@@ -92,9 +92,9 @@ def linear_blind_predictors(radii=(1, 2, 3), samples: int = 200_000) -> dict:
     """The best *linear* blind predictors (least squares over the (2r+1)² − 1 neighbours, shared by the channels),
     fitted on the noisy training photos and, as an upper bound no training can beat, on the hold-out photos
     themselves: how much there is to gain over the 4-neighbour mean without the centre pixel."""
-    from ncis_deploy.quality import HOLDOUT_NOISE, noisy_pairs, psnr
+    from ncis_deploy.quality import HOLDOUT_NOISE, holdout_pairs, noisy_pairs, psnr
 
-    pairs = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0)
+    pairs = holdout_pairs()
     train_pairs = noisy_pairs(ImageSet.bundled("train").images, HOLDOUT_NOISE, seed=100)
     rng = torch.Generator().manual_seed(0)
     out = {}
@@ -169,10 +169,10 @@ def main() -> None:
 
 
 def full_size_baseline(fn) -> float:
-    from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs
+    from ncis_deploy.quality import holdout_pairs, mean_psnr
 
     with torch.no_grad():
-        return mean_psnr(fn, noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0))
+        return mean_psnr(fn, holdout_pairs())
 
 
 END_KEY = {"holdout_psnr": "bsn", "holdout_psnr_ncis": "ncis"}  # curve key → the design's full-size end figure

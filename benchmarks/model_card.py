@@ -28,7 +28,7 @@ from ncis_deploy.eval.sweep import label
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import bilateral, mean4
 from ncis_deploy.model.purifier import PRESETS, WEIGHTS_NAME, default_weights_path
-from ncis_deploy.quality import HOLDOUT_NOISE, affine_fit_psnr, channel_shift, gs_sweep, noisy_pairs, psnr
+from ncis_deploy.quality import affine_fit_psnr, channel_shift, gs_sweep, holdout_pairs, psnr
 from ncis_deploy.train import LOG_NAME, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def main() -> None:
     args = ap.parse_args()
 
     summary = json.loads((args.run / "train_summary.json").read_text())
-    pairs = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0)
+    pairs = holdout_pairs()
     t0 = time.perf_counter()
     purifier = load_purifier("ncis", weights=args.run / WEIGHTS_NAME)  # the preset as shipped, with these weights
     m = measure(purifier, pairs)

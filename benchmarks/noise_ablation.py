@@ -19,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_card import machine  # noqa: E402
 
 from ncis_deploy import load_purifier  # noqa: E402
-from ncis_deploy.data import ImageSet  # noqa: E402
 from ncis_deploy.fileio import write_json  # noqa: E402
-from ncis_deploy.quality import HOLDOUT_NOISE, mean_psnr, noisy_pairs  # noqa: E402
+from ncis_deploy.quality import holdout_pairs, mean_psnr  # noqa: E402
 from ncis_deploy.train import TrainConfig, train  # noqa: E402
 
 
@@ -37,7 +36,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "noise_ablation.json")
     args = ap.parse_args()
-    pairs = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0)
+    pairs = holdout_pairs()
     results = []
     for noise in (0.0, 8.0, 16.0):
         with tempfile.TemporaryDirectory() as d:

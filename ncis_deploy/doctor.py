@@ -18,6 +18,8 @@ import sys
 import warnings
 from typing import Any
 
+from ncis_deploy.errors import missing_package
+
 PROBED_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
                      "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
@@ -262,8 +264,7 @@ def _backends(r: dict) -> dict:
             out["onnxruntime"] = {"usable": True, "reason": reason}
 
     if not trt.get("installed"):
-        out["tensorrt"] = {"usable": False, "reason": "the tensorrt package is not installed: "
-                                                      "pip install 'ncis-deploy[trt]'"}
+        out["tensorrt"] = {"usable": False, "reason": str(missing_package("tensorrt", "trt"))}
     elif not cp.get("installed"):
         out["tensorrt"] = {"usable": False, "reason": "cuda-python is not installed (the TensorRT runner uses it for "
                                                       "GPU memory): pip install 'ncis-deploy[trt]'"}
@@ -274,8 +275,7 @@ def _backends(r: dict) -> dict:
 
     ov, cpu = r.get("openvino", {}), r.get("cpu", {})
     if not ov.get("installed"):
-        out["openvino"] = {"usable": False, "reason": "the openvino package is not installed: "
-                                                      "pip install 'ncis-deploy[openvino]'"}
+        out["openvino"] = {"usable": False, "reason": str(missing_package("openvino", "openvino"))}
     elif not ov.get("live"):
         out["openvino"] = {"usable": False, "reason": f"no live CPU model ({ov.get('detail', '?')})"}
     else:

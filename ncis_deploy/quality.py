@@ -47,6 +47,14 @@ def noisy_pairs(images: list[np.ndarray], sigma: float = HOLDOUT_NOISE, seed: in
     return out
 
 
+def holdout_pairs(crop: int | None = None):
+    """The hold-out protocol every BSN figure uses: the bundled hold-out photos (china, flower), Gaussian noise
+    σ = HOLDOUT_NOISE from seed 0, full size unless ``crop``."""
+    from ncis_deploy.data import ImageSet
+
+    return noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0, crop=crop)
+
+
 @torch.no_grad()
 def mean_psnr(fn, pairs, device="cpu") -> float:
     vals = [psnr(fn(noisy.to(device)).clamp(0, 1).cpu(), clean) for clean, noisy in pairs]

@@ -36,7 +36,7 @@ from ncis_deploy.fileio import ensure_writable_dir, load_safetensors, read_json,
 from ncis_deploy.model.bsn import BASELINES, TAPS, FBINet, bilateral, mean4
 from ncis_deploy.model.purifier import CONFIG_NAME, PRESETS, WEIGHTS_NAME, normalize_config, save_bsn_weights
 from ncis_deploy.model.smoothing import smooth_fused
-from ncis_deploy.quality import HOLDOUT_NOISE, gs_sweep, mean_psnr, noisy_pairs
+from ncis_deploy.quality import HOLDOUT_NOISE, gs_sweep, holdout_pairs, mean_psnr
 
 log = logging.getLogger("ncis_deploy")
 
@@ -277,7 +277,7 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     images = ImageSet.from_folder(cfg.data, min_size=cfg.crop) if cfg.data else ImageSet.bundled("train")
     # noise seed 0 as in the model card; 256² centre crops keep an evaluation of the full-size F = 64 network to
     # seconds (the model card measures the full photos)
-    holdout = noisy_pairs(ImageSet.bundled("holdout").images, HOLDOUT_NOISE, seed=0, crop=HOLDOUT_CROP)
+    holdout = holdout_pairs(crop=HOLDOUT_CROP)
     out = ensure_writable_dir(cfg.out)
 
     torch.manual_seed(cfg.seed)
