@@ -94,7 +94,7 @@ def checks(m: dict) -> list[dict]:
     ]
 
 
-def plot_curve(log_path: Path, out: Path) -> None:
+def plot_curve(log_path: Path, out: Path, fine_tune: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +117,8 @@ def plot_curve(log_path: Path, out: Path) -> None:
         if key in b:  # logs from before the blind bilateral existed lack it
             ax.axhline(b[key], ls="--", lw=1.2, color=color, label=f"{name}: {b[key]:.2f} dB")
     crop = recs[0].get("holdout_crop")  # runs before it was recorded measured the full photos
-    ax.set(xlabel="training step", ylabel="PSNR (dB)",
+    ax.set(xlabel="fine-tuning step (step 0: the stage-1 weights)" if fine_tune else "training step",
+           ylabel="PSNR (dB)",
            title=f"Hold-out china + flower, {f'{crop}² centre crops' if crop else 'full size'}, Gaussian noise σ = 8/255")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the lines span the whole plot
@@ -190,6 +191,12 @@ def main() -> None:
         "measured_on": machine(),
         "ncis_deploy_version": ncis_deploy.__version__,
     }
+    init = summary.get("init")
+    if init:  # a fine-tune: the card gives the run it started from too, so the recipe stays complete
+        start = Path(init["path"]).parent / "train_summary.json"
+        first = json.loads(start.read_text()) if start.exists() else None
+        card["training"]["init"] = {**init, **({"command": train_command(first["config"]), "steps": first["steps"],
+                                                "wall_time_s": round(first["wall_s"], 1)} if first else {})}
     for key, path in (("previous_weights", args.previous), ("first_weights", args.first)):
         if path:
             other = load_purifier("ncis", weights=path)
@@ -206,7 +213,7 @@ def main() -> None:
     dest = default_weights_path().parent if args.ship else args.run
     if args.ship:
         shutil.copyfile(args.run / WEIGHTS_NAME, default_weights_path())
-    plot_curve(args.run / LOG_NAME, dest / CURVE_NAME)
+    plot_curve(args.run / LOG_NAME, dest / CURVE_NAME, fine_tune=bool(summary.get("init")))
     examples_png(purifier, dest / EXAMPLES_NAME)
     write_json(dest / "model_card.json", card)
     (dest / "MODEL_CARD.md").write_text(render(card))
@@ -219,6 +226,15 @@ def _table(rows: dict, per: dict) -> list[str]:
     for k, v in rows.items():
         out.append(f"| {k} | {v:.2f} | " + " | ".join(f"{per[n][k]:.2f}" for n in names) + " |")
     return out
+
+
+def _init_lines(init: dict | None) -> list[str]:
+    if not init:
+        return []
+    if "command" not in init:
+        return [f"- started from weights `{init['path']}` (sha256 {init['sha256'][:12]}…; no training record beside them)"]
+    return [f"- stage 1, the weights it starts from (sha256 {init['sha256'][:12]}…): `{init['command']}` — "
+            f"{init['steps']} steps, wall time {init['wall_time_s']} s"]
 
 
 def render(card: dict) -> str:
@@ -237,12 +253,18 @@ def render(card: dict) -> str:
                         "and by difference from the 4-neighbour mean) plus the network's correction (both blind to "
                         "the centre pixel; training starts at the bilateral)."}.get(a["baseline"], "."), "",
         "## Training",
-        f"- command: `{t['command']}`",
+        *_init_lines(t.get("init")),
+        (f"- stage 2 fine-tunes them (`--init`; the learning-rate schedule starts over): `{t['command']}`"
+         if t.get("init") else f"- command: `{t['command']}`"),
         f"- {t['steps']} steps, wall time {t['wall_time_s']} s ({t['crops_per_s']} crops/s), final loss "
         f"{t['final_loss']:.5f}" + (f", on {mach.get('cpu')} ({mach.get('cores')} cores, ISA "
                                     f"{' '.join(mach.get('isa') or []) or 'n/a'}, torch {mach.get('torch')})"
-                                    if mach else ""),
-        f"- data: {t['data']}; input `{t['config']['input']}`, target `{t['config']['target']}`, augmentation "
+                                    if mach else "")
+        + (f"; both stages {t['init']['wall_time_s'] + t['wall_time_s']:.0f} s of CPU in all"
+           if t.get("init", {}).get("wall_time_s") else ""),
+        f"- data: {t['data']}; input `{t['config']['input']}`"
+        + (f" (a share of {t['config']['gs_share']} smoothed)" if t["config"].get("gs_share") is not None else "")
+        + f", target `{t['config']['target']}`, augmentation "
         f"{'on' if t['config']['augment'] else 'off'}, schedule `{t['config']['schedule']}`", "",
         "## Hold-out PSNR",
         f"Photos {', '.join(h['images'])} (never trained on), full size, Gaussian noise σ = {h['noise_sigma']} "
@@ -339,8 +361,8 @@ def diagnosis(card: dict) -> list[str]:
         f"5. **Restoration after GS is a different job.** Trained on GS-smoothed noisy crops against the clean "
         f"crop, a mean4-residual BSN lifts GS k3 σ1 T5 + BSN above that GS alone ({gs_clean['ncis']:.2f} vs "
         f"{d['baselines']['gs_ncis']:.2f} dB after 400 steps), but a network that learned to undo blur sharpens an "
-        f"unblurred noisy photo: one pass on raw noise falls to {gs_clean['bsn']:.2f} dB. The previous shipped "
-        "weights were that design (see *The weights this replaces*).",
+        f"unblurred noisy photo: one pass on raw noise falls to {gs_clean['bsn']:.2f} dB. The weights shipped before the "
+        "bilateral ones were that design.",
     ]
     gap = h["psnr_db"]["ncis preset"] - h["psnr_db"]["gs preset"]
     if raw_bil:
@@ -352,8 +374,20 @@ def diagnosis(card: dict) -> list[str]:
             f"dB: flat regions average many neighbours, edges keep to their side. A residual BSN over it, trained "
             f"on raw noisy crops, then learns what the filter misses (texture): {raw_bil['bsn']:.2f} dB after the "
             f"design study's 400 steps, where the mean4 residual reached {res_clean['bsn']:.2f} dB. It is the "
-            "default and the shipped design; the GS stage in front of it is chosen by the eval sweep "
-            "(docs/presets.md).")
+            "trainer's default and the base of the shipped weights; the GS stage in front of it is chosen by the "
+            "eval sweep (docs/presets.md).")
+        prev = card.get("previous_weights", {}).get("mean")
+        cfg = card["training"]["config"]
+        if gap >= 0 and prev and cfg.get("init") and cfg.get("input") == "mixed":
+            out.append(
+                f"7. **Both jobs in one network: fine-tune the raw denoiser on a mixed diet.** The raw-trained "
+                f"bilateral residual (the weights this replaces) denoises well, {prev['one BSN pass']:.2f} dB one "
+                f"pass, but after GS it smooths a little more than it restores (ncis {prev['ncis preset']:.2f} vs gs "
+                f"{prev['gs preset']:.2f} dB). Trained from scratch on mixed input the balance tips the other way "
+                f"(400 steps: {raw_bil_gs}). Fine-tuning the raw denoiser for {card['training']['steps']} steps with "
+                f"a share of {cfg['gs_share']} of the crops smoothed keeps one pass at "
+                f"{h['psnr_db']['one BSN pass']:.2f} dB and puts the ncis preset {gap:+.2f} dB above its GS stage: "
+                "every check above passes.")
         if gap < 0:
             out.append(
                 f"7. **Still open: after GS it smooths rather than restores.** A denoiser trained on raw noise removes "
@@ -371,7 +405,9 @@ GPU_RECIPE = [
     "```",
     "ncis-deploy train --device cuda --data /path/to/photos --filters 64 --layers 17 --crop 128 --batch 32 \\",
     "    --steps 100000 --out runs/bsn-f64",
-    "python benchmarks/model_card.py runs/bsn-f64          # measure before shipping; --ship to replace the default",
+    "ncis-deploy train --device cuda --data /path/to/photos --filters 64 --layers 17 --crop 128 --batch 32 \\",
+    "    --steps 20000 --lr 3e-4 --input mixed --gs-share 0.25 --init runs/bsn-f64 --out runs/bsn-f64-ft",
+    "python benchmarks/model_card.py runs/bsn-f64-ft       # measure before shipping; --ship to replace the default",
     "```",
     "",
 ]

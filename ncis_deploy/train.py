@@ -2,7 +2,8 @@
 
 What the network sees and what it is scored against are separate choices, each measured in the model card:
 - ``input``: ``raw`` crops with noise, ``gs`` the same crops Gaussian-smoothed after the noise (what the BSN stage
-  of a GS+BSN purifier receives: GS with k=3, σ=1 and T drawn from 1..5 per crop), or ``mixed`` (T from 0..5, 0 = raw);
+  of a GS+BSN purifier receives: GS with k=3, σ=1 and T drawn from 1..5 per crop), or ``mixed``: a share
+  ``gs_share`` of the crops smoothed (T from 1..5), the rest raw; ``None`` draws T from 0..5 (a share of 5/6);
 - ``target``: ``self`` is the plain self-supervised loss ``mse(bsn(input), input)`` — the network never sees the
   pixel it predicts, so with zero-mean independent noise the minimiser is the clean pixel (Noise2Void/Noise2Self);
   ``clean`` scores against the noise-free, unsmoothed crop, i.e. the network learns to give back what noise and GS
@@ -34,7 +35,8 @@ from ncis_deploy.data import ImageSet
 from ncis_deploy.errors import UserError
 from ncis_deploy.fileio import ensure_writable_dir, load_safetensors, read_json, save_safetensors, write_json
 from ncis_deploy.model.bsn import BASELINES, TAPS, FBINet, bilateral, mean4
-from ncis_deploy.model.purifier import CONFIG_NAME, PRESETS, WEIGHTS_NAME, normalize_config, save_bsn_weights
+from ncis_deploy.model.purifier import (CONFIG_NAME, PRESETS, WEIGHTS_NAME, default_weights_path, load_bsn_weights,
+                                       normalize_config, save_bsn_weights)
 from ncis_deploy.model.smoothing import smooth_fused
 from ncis_deploy.quality import HOLDOUT_NOISE, gs_sweep, holdout_pairs, mean_psnr
 
@@ -67,6 +69,8 @@ class TrainConfig:
     noise: float = 8.0  # input noise std drawn uniformly from [0, noise]/255 per image; 0 disables it
     # raw → clean over the blind bilateral: the design that restores most (MODEL_CARD.md, "Designs compared")
     input: str = "raw"  # "raw", "gs" or "mixed": see the module docstring
+    gs_share: float | None = None  # input="mixed" only: the share of smoothed crops; None: T uniform over 0..5
+    init: str | None = None  # BSN weights (.safetensors) to start from instead of a random init: fine-tuning
     target: str = "clean"  # "self" (the input) or "clean" (the noise-free, unsmoothed crop)
     baseline: str = "bilateral"  # the BSN's output = this blind predictor + the network's correction; "none": plain FBI-Net
     augment: bool = True
@@ -93,6 +97,13 @@ class TrainConfig:
                               ("schedule", SCHEDULES), ("taps", TAPS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.gs_share is not None:
+            if self.input != "mixed":
+                raise UserError(f"--gs-share applies to --input mixed only (got --input {self.input}); drop it or "
+                                f"use --input mixed")
+            if not 0.0 <= self.gs_share <= 1.0:
+                raise UserError(f"--gs-share must be between 0 and 1 (the share of smoothed crops), got "
+                                f"{self.gs_share}")
         if self.warmup < 0:
             raise UserError(f"--warmup must be >= 0, got {self.warmup}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -141,7 +152,10 @@ def make_batch(images: ImageSet, cfg: TrainConfig, step: int) -> tuple[torch.Ten
         x = (clean + sigma * torch.randn(clean.shape, generator=g)).clamp(0.0, 1.0)
     choices = INPUT_GS_ITERATIONS[cfg.input]
     if choices != (0,):
-        ts = rng.choice(choices, size=cfg.batch)
+        if cfg.gs_share is None:
+            ts = rng.choice(choices, size=cfg.batch)
+        else:
+            ts = np.where(rng.random(cfg.batch) < cfg.gs_share, rng.choice(INPUT_GS_ITERATIONS["gs"], size=cfg.batch), 0)
         x = torch.cat([smooth_fused(x[b : b + 1], INPUT_GS["kernel_size"], INPUT_GS["sigma"], int(t)) if t else
                        x[b : b + 1] for b, t in enumerate(ts)])
     return x, (clean if cfg.target == "clean" else x)
@@ -171,7 +185,9 @@ def export_purifier(out: Path, bsn: FBINet, cfg: TrainConfig, step: int) -> None
     """The loadable product of training: purifier.json (the ncis preset's stages) + bsn.safetensors."""
     config = normalize_config({"stages": [dict(s) for s in PRESETS["ncis"].stages], "bsn": bsn.arch,
                                "trained": {"steps": step, "seed": cfg.seed, "data": cfg.data or "bundled",
-                                           "noise": cfg.noise, "input": cfg.input}})
+                                           "noise": cfg.noise, "input": cfg.input,
+                                           **({"gs_share": cfg.gs_share} if cfg.gs_share is not None else {}),
+                                           **({"init": cfg.init} if cfg.init else {})}})
     save_bsn_weights(out / WEIGHTS_NAME, bsn, {"step": str(step)})
     write_json(out / CONFIG_NAME, config)
 
@@ -245,6 +261,19 @@ def holdout_baselines(pairs) -> dict:
             "best_gs_setting": {k: best[k] for k in ("kernel_size", "sigma", "iterations")}}
 
 
+def _init_path(init: str) -> Path:
+    """``--init``: a weights file, a purifier directory (its bsn.safetensors) or ``default`` (the shipped weights)."""
+    if init == "default":
+        return default_weights_path()
+    p = Path(init)
+    if p.is_dir():
+        p = p / WEIGHTS_NAME
+    if not p.is_file():
+        raise UserError(f"--init {init}: no such weights file; give a .safetensors file, a purifier directory "
+                        f"(with {WEIGHTS_NAME}) or 'default'")
+    return p
+
+
 class Interrupted(UserError):
     exit_code = 130
 
@@ -278,10 +307,18 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     # noise seed 0 as in the model card; 256² centre crops keep an evaluation of the full-size F = 64 network to
     # seconds (the model card measures the full photos)
     holdout = holdout_pairs(crop=HOLDOUT_CROP)
+    torch.manual_seed(cfg.seed)
+    bsn = FBINet(3, cfg.layers, cfg.filters, baseline=cfg.baseline, taps=cfg.taps)
+    init = None
+    if cfg.init and not resume:  # resume restores the weights from the checkpoint
+        from ncis_deploy.exporters.manifest import sha256_file
+
+        path = _init_path(cfg.init)
+        load_bsn_weights(bsn, path, fix="pass the --layers, --filters and --baseline they were trained with")
+        init = {"path": str(path), "sha256": sha256_file(path)}  # what "default" meant on the day
+    bsn = bsn.to(device)
     out = ensure_writable_dir(cfg.out)
 
-    torch.manual_seed(cfg.seed)
-    bsn = FBINet(3, cfg.layers, cfg.filters, baseline=cfg.baseline, taps=cfg.taps).to(device)
     opt = torch.optim.Adam(bsn.parameters(), lr=cfg.lr)
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -349,7 +386,7 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     bar.close()
     wall = time.perf_counter() - t0
     summary = {"steps": step, "resumed_from": start if resume else None, "final_loss": loss_v,
-               "holdout_psnr": last_psnr, "holdout_baselines": baselines, "holdout_noise": HOLDOUT_NOISE, "wall_s": wall,
+               "holdout_psnr": last_psnr, "init": init, "holdout_baselines": baselines, "holdout_noise": HOLDOUT_NOISE, "wall_s": wall,
                "images_per_s": done * cfg.batch / wall, "config": asdict(cfg), "out": str(out),
                "skipped_images": len(images.skipped), "machine": _machine(device)}
     write_json(out / "train_summary.json", summary)

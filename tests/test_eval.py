@@ -477,3 +477,15 @@ def test_sweep_frontier_keeps_only_undominated_settings():
               ("d", 0.7, 0.2)]
     rows = [{"label": lab, "clean": c, "robust": r} for lab, c, r in points]
     assert [r["label"] for r in frontier(rows)] == ["none", "d", "a", "a-tie"]
+
+
+def test_sweep_finds_the_presets_among_its_rows():
+    from ncis_deploy.eval.sweep import preset_rows
+    from ncis_deploy.model.purifier import PRESETS
+
+    ncis = [dict(st) for st in PRESETS["ncis"].stages]
+    other = [dict(ncis[0], iterations=ncis[0]["iterations"] + 1), *ncis[1:]]
+    rows = [{"label": "x", "config": {"stages": other}}, {"label": "n", "config": {"stages": ncis}},
+            {"label": "g", "config": {"stages": [dict(st) for st in PRESETS["gs"].stages]}}]
+    assert {k: v["label"] for k, v in preset_rows(rows).items()} == {"ncis": "n", "gs": "g"}
+    assert preset_rows(rows[:1]) == {}  # a sweep without the presets' settings rings nothing

@@ -27,7 +27,12 @@ def test_model_card_describes_the_shipped_files():
     assert mean_psnr(mean4, pairs) == pytest.approx(rows["4-neighbour mean"], abs=1e-6)
     assert mean_psnr(bilateral, pairs) == pytest.approx(rows["blind bilateral (0 parameters)"], abs=1e-6)
     assert card["training"]["command"].startswith("ncis-deploy train ")
-    assert (Path(CARD).parent / "MODEL_CARD.md").read_text().count("|") > 20
+    md = (Path(CARD).parent / "MODEL_CARD.md").read_text()
+    assert md.count("|") > 20
+    init = card["training"].get("init")
+    if card["training"]["config"].get("init"):  # a fine-tune: the recipe names the run it started from
+        assert init["command"].startswith("ncis-deploy train ") and init["command"] in md
+        assert card["training"]["command"] in md
     for png in ("training_curve.png", "purified_examples.png"):  # the card's pictures ship beside it
         assert (Path(CARD).parent / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -50,3 +55,6 @@ def test_model_card_numbers_are_what_the_shipped_weights_do():
     # and the card's checks: one pass restores more than the 4-neighbour mean (issue 11's +1 dB)
     assert {c["check"]: c["pass"] for c in card["checks"]}["one BSN pass ≥ 4-neighbour mean on each photo"]
     assert rows["one BSN pass"] >= rows["4-neighbour mean"] + 1.0
+    # the BSN stage adds back what its GS took: ncis ≥ gs on the noisy photos
+    assert mean_psnr(load_purifier("gs"), pairs) == pytest.approx(rows["gs preset"], abs=1e-3)
+    assert rows["ncis preset"] >= rows["gs preset"]

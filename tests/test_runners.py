@@ -778,3 +778,21 @@ def test_device_binding_gpu_branch_and_the_bench_target_with_fakes(monkeypatch, 
     np.testing.assert_array_equal(fixed.numpy(), np.clip(x2 * 0.5, 0, 1))
     target.release()
     assert target.bound is None
+
+
+def test_every_command_spells_precisions_the_same_way():
+    # one alias table (runners.PRECISION_ALIASES): bench, eval --backend and the OpenVINO runner accept the same names
+    from ncis_deploy.bench.core import _precision
+    from ncis_deploy.eval.backends import parse_backend
+    from ncis_deploy.runners import PRECISION_ALIASES, precision_name
+    from ncis_deploy.runners.openvino import normalize_precision
+
+    for alias, name in PRECISION_ALIASES.items():
+        for text in (alias, alias.upper()):
+            assert precision_name(text) == name
+            assert _precision(text) == ("fp32" if name == "f32" else name)  # bench's JSON spelling of FP32
+            if name in ("f32", "int8"):
+                assert parse_backend(f"onnxruntime:{text}").precision == name
+            assert parse_backend(f"openvino:{text}").precision == name
+            assert normalize_precision(text) == name
+    assert precision_name("auto") == "auto" and precision_name("fp8") == "fp8"  # callers reject what they don't run

@@ -10,6 +10,7 @@ import torch
 
 from ncis_deploy import load_purifier
 from ncis_deploy.data import ImageSet
+from ncis_deploy.exporters.manifest import sha256_file
 from ncis_deploy.train import LOG_NAME, STATE_NAME, TrainConfig, learning_rate, make_batch, train
 
 TINY = ["--crop", "16", "--batch", "2", "--layers", "3", "--filters", "8", "--eval-every", "100000"]
@@ -138,6 +139,43 @@ def test_batches_are_seeded_and_targets_are_what_they_say(image_dir):
     assert torch.equal(yg, yc)  # the same clean crops ...
     tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
     assert tv(xg) < 0.6 * tv(xc)  # ... seen through GS
+
+
+def test_mixed_input_smooths_the_share_asked_for(image_dir):
+    images = ImageSet.from_folder(image_dir)
+    base = dict(crop=24, batch=8, noise=8.0, target="clean")
+    raw, _ = make_batch(images, TrainConfig(**base, input="raw"), 5)
+    none, _ = make_batch(images, TrainConfig(**base, input="mixed", gs_share=0.0), 5)
+    assert torch.equal(none, raw)  # share 0: every crop raw, the same noise
+    every, _ = make_batch(images, TrainConfig(**base, input="mixed", gs_share=1.0), 5)
+    tv = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean(dim=(1, 2, 3))  # noqa: E731
+    assert (tv(every) < 0.7 * tv(raw)).all()  # share 1: every crop smoothed
+    half = torch.cat([make_batch(images, TrainConfig(**base, input="mixed", gs_share=0.25), s)[0] for s in range(20)])
+    raws = torch.cat([make_batch(images, TrainConfig(**base, input="raw"), s)[0] for s in range(20)])
+    smoothed = (half != raws).flatten(1).any(dim=1).float().mean().item()
+    assert 0.1 < smoothed < 0.4  # 160 crops, a share of 0.25 smoothed
+    from ncis_deploy.errors import UserError
+    with pytest.raises(UserError, match="--gs-share applies to --input mixed"):
+        TrainConfig(input="raw", gs_share=0.5).validate()
+    with pytest.raises(UserError, match="between 0 and 1"):
+        TrainConfig(input="mixed", gs_share=1.5).validate()
+
+
+def test_init_starts_from_the_given_weights(image_dir, tmp_path):
+    tiny = dict(data=str(image_dir), crop=16, batch=2, layers=3, filters=8)
+    first = train(TrainConfig(**tiny, out=str(tmp_path / "a"), steps=4, eval_every=4), progress=False)
+    train(TrainConfig(**tiny, out=str(tmp_path / "b"), steps=1, init=str(tmp_path / "a")), progress=False)
+    # the fine-tune's step-0 hold-out PSNR is the first run's last one: it starts where that run ended
+    assert records(tmp_path / "b")[0]["holdout_psnr"] == pytest.approx(first["holdout_psnr"], abs=1e-9)
+    assert json.loads((tmp_path / "b" / "train_summary.json").read_text())["init"]["sha256"] == \
+        sha256_file(tmp_path / "a" / "bsn.safetensors")
+    from ncis_deploy.errors import UserError
+    with pytest.raises(UserError, match="pass the --layers, --filters and --baseline"):
+        train(TrainConfig(**{**tiny, "filters": 16}, out=str(tmp_path / "c"), init=str(tmp_path / "a")),
+              progress=False)
+    assert not (tmp_path / "c").exists()  # nothing written for a bad --init
+    with pytest.raises(UserError, match="no such weights file"):
+        train(TrainConfig(**tiny, out=str(tmp_path / "c"), init=str(tmp_path / "nope")), progress=False)
 
 
 def test_augmentation_permutes_colours(image_dir):

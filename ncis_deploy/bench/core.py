@@ -26,6 +26,7 @@ from ncis_deploy.errors import UserError
 from ncis_deploy.quality import LOW_PRECISION_PSNR_DB as PSNR_GUARD_DB
 from ncis_deploy.exporters.manifest import DEFAULT_DIR as DEFAULT_EXPORT
 from ncis_deploy.exporters.manifest import ENGINE, ONNX, ONNX_INT8, Export, open_export, sha256_file
+from ncis_deploy.runners import precision_name
 
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_WARMUP_MS = 200.0  # trtexec's default warm-up
@@ -38,7 +39,14 @@ BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu", "cuda", "ten
 DEVICE_ALIASES = {"gpu": "cuda", "trt": "tensorrt"}
 # the precisions other than FP32 each (backend, device) runs; bf16 and int8 are CPU paths (issue 12)
 LOW_PRECISIONS = {("onnxruntime", "cpu"): ("int8",), ("openvino", "cpu"): ("bf16", "int8")}
-PRECISION_ALIASES = {"f32": FP32, "float32": FP32, "float": FP32, "bfloat16": "bf16", "i8": "int8", "qdq": "int8"}
+
+
+def _precision(text: str) -> str:
+    """bench's name of a precision: FP32 is spelt ``fp32`` in its specs and JSON (``f32`` elsewhere)."""
+    p = precision_name(text)
+    return FP32 if p == "f32" else p
+
+
 REFERENCE = BackendSpec("onnxruntime", "cpu")  # ratios and quality guards are against ORT FP32 on the CPU
 QUALITY_SPLIT = "holdout"  # the bundled photos the quality guards run on (never trained or calibrated on)
 NO_VS = "none"  # --vs none: backends one after another, no ratios
@@ -195,10 +203,10 @@ def parse_backend(text: str, avail: dict, what: str = "backend") -> BackendSpec:
         dev, prec = rest
     elif rest:
         one = rest[0]
-        is_prec = PRECISION_ALIASES.get(one, one) in PRECISIONS and DEVICE_ALIASES.get(one, one) not in \
+        is_prec = _precision(one) in PRECISIONS and DEVICE_ALIASES.get(one, one) not in \
             BACKEND_DEVICES[name]
         dev, prec = ("", one) if is_prec else (one, "")
-    prec = PRECISION_ALIASES.get(prec, prec) if prec else FP32
+    prec = _precision(prec) if prec else FP32
     if prec not in PRECISIONS:
         raise UserError(f"unknown precision {prec!r} in {what} {text!r}; choose one of {', '.join(PRECISIONS)}")
     dev = DEVICE_ALIASES.get(dev, dev) if dev else _default_device(name, avail, prec)

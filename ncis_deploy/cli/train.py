@@ -45,7 +45,14 @@ def _d(name: str) -> str:
               help="Input-noise augmentation: std drawn from [0, NOISE]/255 per crop; 0 turns it off." + _d("noise"))
 @click.option("--input", "input_kind", type=click.Choice(["raw", "gs", "mixed"]), default=None,
               help="What the network sees: raw noisy crops, Gaussian-smoothed ones (GS k3 σ1, T 1..5 per crop: what "
-                   "the BSN stage of a GS+BSN purifier receives), or mixed (T 0..5)." + _d("input"))
+                   "the BSN stage of a GS+BSN purifier receives), or mixed (both, see --gs-share)." + _d("input"))
+@click.option("--gs-share", type=float, default=None,
+              help="With --input mixed: the share of crops smoothed (T 1..5), the rest raw. Default: T drawn from "
+                   "0..5, a share of 5/6.")
+@click.option("--init", type=str, default=None,
+              help="Start from these BSN weights instead of a random init (fine-tuning): a .safetensors file, a "
+                   "purifier directory, or 'default' (the shipped weights; --layers 17 --filters 32). The learning "
+                   "rate schedule starts over.")
 @click.option("--target", type=click.Choice(["self", "clean"]), default=None,
               help="self: predict the input (plain self-supervised blind-spot loss); clean: predict the noise-free, "
                    "unsmoothed crop." + _d("target"))

@@ -30,6 +30,7 @@ import torch
 
 from ncis_deploy.errors import UserError
 from ncis_deploy.quality import LOW_PRECISION_PSNR_DB
+from ncis_deploy.runners import precision_name
 
 log = logging.getLogger("ncis_deploy")
 
@@ -40,7 +41,6 @@ FLOOR = "torch:f32 as 8-bit"
 # backend -> the precisions eval can run it at, its default first (auto: bf16 where the CPU has it, else f32)
 PRECISIONS = {"onnxruntime": ("f32", "int8"), "openvino": ("auto", "f32", "bf16", "int8")}
 _BACKEND_ALIASES = {"ort": "onnxruntime", "ov": "openvino"}
-_PRECISION_ALIASES = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16"}
 
 
 def backend_choices() -> str:
@@ -67,7 +67,7 @@ def parse_backend(text: str) -> BackendSpec:
                         f"with, so it always runs; choose from {backend_choices()}")
     if name not in PRECISIONS:
         raise UserError(f"unknown --backend {text!r}; choose from {backend_choices()}")
-    prec = _PRECISION_ALIASES.get(prec, prec) or PRECISIONS[name][0]
+    prec = precision_name(prec) if prec else PRECISIONS[name][0]
     if prec not in PRECISIONS[name]:
         raise UserError(f"--backend {text!r}: {name} runs at {', '.join(PRECISIONS[name])} here, not {prec!r}")
     return BackendSpec(name, prec, prec)

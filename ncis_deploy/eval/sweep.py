@@ -166,6 +166,19 @@ def render_sweep(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def preset_rows(rows: list[dict]) -> dict[str, dict]:
+    """The sweep rows whose stages are exactly a preset's (``gs``, ``ncis``), by preset name."""
+    from ncis_deploy.model.purifier import PRESETS
+
+    out = {}
+    for name, preset in PRESETS.items():
+        stages = [dict(st) for st in preset.stages]
+        match = [r for r in rows if stages and r["config"]["stages"] == stages]
+        if match:
+            out[name] = match[0]
+    return out
+
+
 def plot_sweep(rep: dict, path) -> None:
     import matplotlib
 
@@ -182,10 +195,14 @@ def plot_sweep(rep: dict, path) -> None:
         if r["label"] in on_front:  # the other points crowd each other; the table names every one
             ax.annotate(r["label"], (r["clean"], r["robust"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
     ax.plot([r["clean"] for r in front], [r["robust"] for r in front], color="grey", linewidth=0.8, zorder=0)
+    for name, r in preset_rows(rep["rows"]).items():  # where the shipped presets sit among the settings
+        ax.scatter(r["clean"], r["robust"], s=90, facecolors="none", edgecolors="black", linewidths=1.2)
+        ax.annotate(f"{name} preset", (r["clean"], r["robust"]), fontsize=7, fontweight="bold", xytext=(6, -10),
+                    textcoords="offset points")
     ax.set_xlabel(f"clean {rep['metric']}")
     ax.set_ylabel(f"purifier-blind robust {rep['metric']} ({rep['attack']['eps_label']})")
     ax.set_title(f"GS (blue), + 1 BSN pass (red), + 2 passes (purple); no GS T: the BSN alone\n"
-                 f"grey: the frontier (labelled); {rep['data']['images']} images", fontsize=8)
+                 f"grey: the frontier (labelled); ringed: the presets; {rep['data']['images']} images", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -26,7 +26,8 @@ What stays float, and why:
   activations (39-39.5 dB), 45 dB with the first two layers float and 52 dB with three, for 13 % of the MACs.
 * GS (two fixed MatMuls, ≈ 1 % of the MACs, with smoothing weights int8 cannot hold), the blind baseline (mean4 or
   the bilateral: exact), the head conv's output and what follows (the image is put back together in float: head
-  correction + baseline, clipped). With the bilateral baseline the artifact measures 63.5 dB vs FP32.
+  correction + baseline, clipped). With the bilateral baseline the artifact measures 58.9–63.5 dB vs FP32
+  (shipped weights / their raw-noise stage 1).
 
 The blind spot holds exactly: every int8 op is per pixel or reads only the taps the float graph reads
 (:func:`blind_spot_report` checks it on the artifact's own BSN).

@@ -162,21 +162,8 @@ class Purifier(nn.Module):
 
     # ---- weights
     def load_bsn_weights(self, path: str | os.PathLike) -> None:
-        if self.bsn is None:
-            return
-        tensors, meta = load_safetensors(path, "BSN weights file")
-        arch = weights_arch(meta, path)
-        if arch is not None and arch != self.bsn.arch:
-            raise UserError(f"BSN weights {path} do not fit the config: they are for architecture {arch}, the config "
-                            f"asks for {self.bsn.arch}; use the config that was trained with these weights")
-        own = self.bsn.state_dict()
-        missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-        bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
-        if missing or unexpected or bad:
-            detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                      else f"{bad[0]} is {list(tensors[bad[0]].shape)} but the config needs {list(own[bad[0]].shape)}")
-            raise UserError(f"BSN weights {path} do not fit the config {self.bsn.arch}: {detail}")
-        self.bsn.load_state_dict(tensors)
+        if self.bsn is not None:
+            load_bsn_weights(self.bsn, path)
 
     def save(self, directory: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
         """Write ``purifier.json`` (+ ``bsn.safetensors``) into ``directory``: what :func:`load_purifier` reads."""
@@ -186,6 +173,24 @@ class Purifier(nn.Module):
             save_bsn_weights(d / WEIGHTS_NAME, self.bsn, extra_metadata)
         write_json(d / CONFIG_NAME, self.config)
         return d
+
+
+def load_bsn_weights(bsn: FBINet, path: str | os.PathLike, fix: str = "use the config that was trained with these "
+                     "weights") -> None:
+    """Load a BSN weights file into ``bsn``; a file for another architecture is a UserError ending with ``fix``."""
+    tensors, meta = load_safetensors(path, "BSN weights file")
+    arch = weights_arch(meta, path)
+    if arch is not None and arch != bsn.arch:
+        raise UserError(f"BSN weights {path} do not fit: they are for architecture {arch}, this BSN is {bsn.arch}; "
+                        f"{fix}")
+    own = bsn.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    bad = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"{bad[0]} is {list(tensors[bad[0]].shape)} but this BSN needs {list(own[bad[0]].shape)}")
+        raise UserError(f"BSN weights {path} do not fit {bsn.arch}: {detail}; {fix}")
+    bsn.load_state_dict(tensors)
 
 
 def save_bsn_weights(path, bsn: FBINet, extra_metadata: dict[str, str] | None = None) -> None:

@@ -25,6 +25,15 @@ from ncis_deploy.runners.base import (InactiveRunnerError, InputSpec, Runner, Ru
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "openvino")  # what an artifact is deployed on
 REFERENCE = "reference"  # onnx's reference evaluator: checks a graph (even a plugin one), too slow to deploy
 ALIASES = {"pytorch": "torch", "ort": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
+# what a precision may be called on any command line; precision_name() gives its one spelling
+PRECISION_ALIASES = {"fp32": "f32", "float32": "f32", "float": "f32", "bfloat16": "bf16", "i8": "int8", "qdq": "int8"}
+
+
+def precision_name(text: str) -> str:
+    """``f32``, ``bf16`` or ``int8`` for any of their spellings; other names (``auto``, typos) pass through
+    lower-cased, for the caller to accept or reject with its own list."""
+    p = str(text).lower()
+    return PRECISION_ALIASES.get(p, p)
 
 # backend -> (module, class); the module is imported only when that backend is asked for
 _CLASSES = {

@@ -32,10 +32,10 @@ import numpy as np
 from ncis_deploy import doctor
 from ncis_deploy.errors import UserError, missing_package
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8
+from ncis_deploy.runners import precision_name
 from ncis_deploy.runners.base import Runner, input_spec_from_shape
 
 PRECISIONS = ("auto", "f32", "bf16", "int8")
-_PRECISION_ALIASES = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16"}
 _HINTS = {"f32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: what is not quantized stays f32, for accuracy
 _COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected")
 _INT8_TYPES = ("u8", "i8")
@@ -51,8 +51,7 @@ def import_openvino():
 
 
 def normalize_precision(precision: str) -> str:
-    p = str(precision).lower()
-    p = _PRECISION_ALIASES.get(p, p)
+    p = precision_name(precision)
     if p not in PRECISIONS:
         raise UserError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return p
