@@ -155,7 +155,8 @@ def make_batch(images: ImageSet, cfg: TrainConfig, step: int) -> tuple[torch.Ten
         if cfg.gs_share is None:
             ts = rng.choice(choices, size=cfg.batch)
         else:
-            ts = np.where(rng.random(cfg.batch) < cfg.gs_share, rng.choice(INPUT_GS_ITERATIONS["gs"], size=cfg.batch), 0)
+            smoothed = rng.random(cfg.batch) < cfg.gs_share
+            ts = np.where(smoothed, rng.choice(INPUT_GS_ITERATIONS["gs"], size=cfg.batch), 0)
         x = torch.cat([smooth_fused(x[b : b + 1], INPUT_GS["kernel_size"], INPUT_GS["sigma"], int(t)) if t else
                        x[b : b + 1] for b, t in enumerate(ts)])
     return x, (clean if cfg.target == "clean" else x)
@@ -171,13 +172,14 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def save_checkpoint(out: Path, cfg: TrainConfig, step: int, bsn: FBINet, opt: torch.optim.Optimizer) -> None:
+def save_checkpoint(out: Path, cfg: TrainConfig, step: int, bsn: FBINet, opt: torch.optim.Optimizer,
+                    init: dict | None = None) -> None:
     tensors = {f"model.{k}": v for k, v in bsn.state_dict().items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     save_safetensors(out / CHECKPOINT_NAME, tensors, {"format": "ncis-deploy/train-checkpoint"})
     # the state JSON is written last and names the step: it is the commit record of the checkpoint
-    write_json(out / STATE_NAME, {"step": step, "config": asdict(cfg), "optimizer": opt_meta})
+    write_json(out / STATE_NAME, {"step": step, "config": asdict(cfg), "optimizer": opt_meta, "init": init})
     export_purifier(out, bsn, cfg, step)
 
 
@@ -327,6 +329,7 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     log_path = out / LOG_NAME
     if resume:
         start, _ = load_checkpoint(out, bsn, opt)
+        init = read_json(out / STATE_NAME, "training state").get("init")  # the weights the run started from
         if log_path.exists():  # drop log lines of steps after the checkpoint: they are recomputed
             kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
             log_path.write_text("".join(ln + "\n" for ln in kept))
@@ -378,7 +381,7 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
                             **({"psnr": f"{last_psnr:.2f}"} if last_psnr is not None else {}))
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupt.hit:
-                save_checkpoint(out, cfg, step, bsn, opt)
+                save_checkpoint(out, cfg, step, bsn, opt, init)
             if interrupt.hit and step < cfg.steps:
                 bar.close()
                 raise Interrupted(f"interrupted at step {step}/{cfg.steps}; checkpoint saved in {out}; "
@@ -386,7 +389,8 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     bar.close()
     wall = time.perf_counter() - t0
     summary = {"steps": step, "resumed_from": start if resume else None, "final_loss": loss_v,
-               "holdout_psnr": last_psnr, "init": init, "holdout_baselines": baselines, "holdout_noise": HOLDOUT_NOISE, "wall_s": wall,
+               "holdout_psnr": last_psnr, "init": init, "holdout_baselines": baselines, "holdout_noise": HOLDOUT_NOISE,
+               "wall_s": wall,
                "images_per_s": done * cfg.batch / wall, "config": asdict(cfg), "out": str(out),
                "skipped_images": len(images.skipped), "machine": _machine(device)}
     write_json(out / "train_summary.json", summary)

@@ -169,6 +169,9 @@ def test_init_starts_from_the_given_weights(image_dir, tmp_path):
     assert records(tmp_path / "b")[0]["holdout_psnr"] == pytest.approx(first["holdout_psnr"], abs=1e-9)
     assert json.loads((tmp_path / "b" / "train_summary.json").read_text())["init"]["sha256"] == \
         sha256_file(tmp_path / "a" / "bsn.safetensors")
+    # resumed, the run still names the weights it started from
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), steps=2), resume=True, explicit={"steps"}, progress=False)
+    assert resumed["init"]["sha256"] == sha256_file(tmp_path / "a" / "bsn.safetensors")
     from ncis_deploy.errors import UserError
     with pytest.raises(UserError, match="pass the --layers, --filters and --baseline"):
         train(TrainConfig(**{**tiny, "filters": 16}, out=str(tmp_path / "c"), init=str(tmp_path / "a")),
