@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ncis_deploy.cli import defaults_of, user_errors, write_outputs
-from ncis_deploy.model.bsn import BASELINES
-from ncis_deploy.train import TrainConfig
+from ncis_deploy.model.bsn import BASELINES, TAPS
+from ncis_deploy.train import INPUT_GS_ITERATIONS, SCHEDULES, TARGETS, TrainConfig
 
 OPTIONS = TrainConfig  # where this command's defaults live
 
@@ -36,14 +36,14 @@ def _d(name: str) -> str:
               help="The blind predictor the network corrects (training starts at it): mean4 = 4-neighbour mean; "
                    "bilateral = blind bilateral over the 7×7 neighbours; none: plain FBI-Net." + _d("baseline"))
 @click.option("--lr", type=float, default=None, help="Adam peak learning rate." + _d("lr"))
-@click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None,
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=None,
               help="cosine: linear warm-up then cosine to zero; step: halved at 50% and 75%." + _d("schedule"))
 @click.option("--warmup", type=int, default=None, help="Warm-up steps of the cosine schedule." + _d("warmup"))
 @click.option("--seed", type=int, default=None, help="Seed for init, crops and noise." + _d("seed"))
 @click.option("--device", type=str, default=None, help="cpu or cuda (AMP is used on cuda)." + _d("device"))
 @click.option("--noise", type=float, default=None,
               help="Input-noise augmentation: std drawn from [0, NOISE]/255 per crop; 0 turns it off." + _d("noise"))
-@click.option("--input", "input_kind", type=click.Choice(["raw", "gs", "mixed"]), default=None,
+@click.option("--input", "input_kind", type=click.Choice(list(INPUT_GS_ITERATIONS)), default=None,
               help="What the network sees: raw noisy crops, Gaussian-smoothed ones (GS k3 σ1, T 1..5 per crop: what "
                    "the BSN stage of a GS+BSN purifier receives), or mixed (both, see --gs-share)." + _d("input"))
 @click.option("--gs-share", type=float, default=None,
@@ -53,12 +53,12 @@ def _d(name: str) -> str:
               help="Start from these BSN weights instead of a random init (fine-tuning): a .safetensors file, a "
                    "purifier directory, or 'default' (the shipped weights; --layers 17 --filters 32). The learning "
                    "rate schedule starts over.")
-@click.option("--target", type=click.Choice(["self", "clean"]), default=None,
+@click.option("--target", type=click.Choice(list(TARGETS)), default=None,
               help="self: predict the input (plain self-supervised blind-spot loss); clean: predict the noise-free, "
                    "unsmoothed crop." + _d("target"))
 @click.option("--augment/--no-augment", default=None,
               help="Flips, 90° rotations, channel permutations, brightness/contrast/colour jitter." + _d("augment"))
-@click.option("--taps", type=click.Choice(["live", "dense"]), default=None,
+@click.option("--taps", type=click.Choice(list(TAPS)), default=None,
               help="live: compute only the masks' live taps (faster, same function); dense: masked dense convs."
                    + _d("taps"))
 @click.option("--eval-every", type=int, default=None, help="Hold-out PSNR every N steps." + _d("eval_every"))
