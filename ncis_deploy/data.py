@@ -28,6 +28,8 @@ _SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"
 _SKLEARN_PHOTOS = ("china", "flower")
 BUNDLED_TRAIN = _SKIMAGE_PHOTOS
 BUNDLED_HOLDOUT = _SKLEARN_PHOTOS
+_SPLITS = {"all": BUNDLED_TRAIN + BUNDLED_HOLDOUT, "train": BUNDLED_TRAIN, "holdout": BUNDLED_HOLDOUT}
+PHOTO_SPLITS = tuple(_SPLITS)
 
 
 def to_float_rgb(arr: np.ndarray, name: str = "image") -> np.ndarray:
@@ -108,9 +110,9 @@ def bundled_photo(name: str) -> np.ndarray:
 
 def bundled_photos(split: str = "train") -> list[tuple[str, np.ndarray]]:
     """The bundled photos of one split: ``train`` (9 scikit-image photos), ``holdout`` (2 scikit-learn), ``all``."""
-    names = {"train": BUNDLED_TRAIN, "holdout": BUNDLED_HOLDOUT, "all": BUNDLED_TRAIN + BUNDLED_HOLDOUT}.get(split)
+    names = _SPLITS.get(split)
     if names is None:
-        raise UserError(f"unknown split {split!r}; use train, holdout or all")
+        raise UserError(f"unknown split {split!r}; use {', '.join(PHOTO_SPLITS)}")
     return [(n, bundled_photo(n)) for n in names]
 
 

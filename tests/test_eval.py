@@ -266,6 +266,28 @@ def test_harness_bundled_says_agreement(tinymod):
     assert "agreement, not accuracy" in render_markdown(rep)
 
 
+def test_bundled_photo_split_and_confidence_filter(tinymod, tmp_path):
+    from ncis_deploy.eval.classifiers import load_classifier
+    from ncis_deploy.eval.core import load_eval_set
+
+    clf = load_classifier("tinymod:make")
+    hold = load_eval_set(EvalOptions(classifier="tinymod:make", size=32, crops=3, photos="holdout"), clf)
+    assert [n.split("#")[0] for n in hold.names] == ["china"] * 3 + ["flower"] * 3
+    full = load_eval_set(EvalOptions(classifier="tinymod:make", size=32, crops=3), clf)
+    probs = torch.softmax(clf.logits(full.images), 1).max(1).values
+    p = float(probs.median())
+    kept = load_eval_set(EvalOptions(classifier="tinymod:make", size=32, crops=3, min_confidence=p), clf)
+    mask = probs >= p
+    assert 0 < len(kept) < len(full) and kept.names == [n for n, m in zip(full.names, mask) if m]
+    assert torch.equal(kept.labels, full.labels[mask]) and f"clean top-1 probability >= {p:g}" in kept.source
+    assert_user_error(run("eval", "--classifier", "tinymod:make", "--size", 32, "--crops", 1,
+                          "--min-confidence", 0.999), "no crop has a clean top-1 probability >= 0.999")
+    assert_user_error(run("eval", "--min-confidence", 1), "--min-confidence", "[0, 1)")
+    assert_user_error(run("eval", "--photos", "holdout", "--data", class_folder(tmp_path / "d")),
+                      "--photos and --min-confidence", "drop them")
+    assert run("eval", "--photos", "test").exit_code == 2
+
+
 def test_onnx_classifier_clean_only(tmp_path):
     path = tiny_onnx(tmp_path / "c.onnx")
     folder = class_folder(tmp_path / "d")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ncis_deploy.cli import command_line, default_help, given, user_errors, write_outputs
+from ncis_deploy.data import PHOTO_SPLITS
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval.backends import backend_choices
 from ncis_deploy.eval.core import EvalOptions, _fmt_eps
@@ -78,6 +79,13 @@ def _parse_eps(text: str, option: str = "--eps") -> float:
                    "of the target itself (a stronger attack than a true black box).")
 @click.option("--eot", type=int, default=None, help="EOT samples (only useful for a random stage)." + _d("eot"))
 @click.option("--crops", type=int, default=None, help="Crops per bundled photo (11 photos)." + _d("crops"))
+@click.option("--photos", type=click.Choice(PHOTO_SPLITS), default=None,
+              help="Bundled photos to crop: all 11, or the BSN trainer's split (train: its 9 training photos; "
+                   "holdout: china and flower, never trained on)." + _d("photos"))
+@click.option("--min-confidence", type=float, default=None, metavar="P",
+              help="Keep only bundled crops whose undefended clean top-1 probability is >= P (chosen on the clean "
+                   "image, before any purifier): agreement on near-tie crops flips with any change of the image."
+                   + _d("min_confidence"))
 @click.option("--images", type=int, default=None, help="Use at most this many images (spread over the set).")
 @click.option("--size", type=int, default=None, help="Square evaluation size." + _d("size"))
 @click.option("--batch", type=int, default=None,
@@ -116,8 +124,9 @@ def _parse_eps(text: str, option: str = "--eps") -> float:
 @click.pass_context
 @user_errors
 def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps, adaptive_eps, eps_l2, steps,
-             adaptive_steps, adaptive_images, transfer_steps, surrogates, eot, crops, images, size, batch, seed, parity,
-             backends, export_dir, sweep, grid_specs, json_path, report, save_adversarial, plot_path):
+             adaptive_steps, adaptive_images, transfer_steps, surrogates, eot, crops, photos, min_confidence, images,
+             size, batch, seed, parity, backends, export_dir, sweep, grid_specs, json_path, report, save_adversarial,
+             plot_path):
     """Accuracy parity and robustness of each purifier preset under purifier-blind, transfer and adaptive attacks.
 
     With no arguments: efficientnet-lite0 on 22 crops of the bundled photos, presets none / gs / ncis, clean,
@@ -134,8 +143,9 @@ def eval_cmd(ctx, classifier, data, labels, presets, weights, attacks, eps, adap
         eps=tuple(_parse_eps(e) for e in eps) or (SWEEP_EPS if sweep else None),
         adaptive_eps=tuple(_parse_eps(e, "--adaptive-eps") for e in adaptive_eps), eps_l2=eps_l2, steps=steps,
         adaptive_steps=adaptive_steps, adaptive_images=adaptive_images, transfer_steps=transfer_steps,
-        surrogates=tuple(surrogates), eot=eot, crops=crops, images=images, size=size, batch=batch, seed=seed,
-        parity=parity, weights=str(weights) if weights else None, backends=tuple(backends),
+        surrogates=tuple(surrogates), eot=eot, crops=crops, photos=photos, min_confidence=min_confidence,
+        images=images, size=size, batch=batch, seed=seed, parity=parity, weights=str(weights) if weights else None,
+        backends=tuple(backends),
         export_dir=str(export_dir) if export_dir else None, report=str(report) if report else None,
         save_adversarial=str(save_adversarial) if save_adversarial else None))
     say = lambda msg: click.echo(f"  {msg}", err=True)  # noqa: E731

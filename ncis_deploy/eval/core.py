@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ncis_deploy.data import PHOTO_SPLITS
 from ncis_deploy.doctor import cpu_isa, cpu_model
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
@@ -63,6 +64,9 @@ class EvalOptions:
     adaptive_steps: int = 5
     adaptive_images: int = 8
     crops: int = 2
+    photos: str = "all"  # bundled set: all 11 photos, or the BSN trainer's split: "train" (9) / "holdout" (2)
+    # bundled set: keep only crops the undefended classifier is this sure of (clean top-1 probability); 0 keeps all
+    min_confidence: float = 0.0
     images: int | None = None  # cap on the number of images (spread over the set)
     size: int = 224
     seed: int = 0
@@ -94,6 +98,13 @@ def check_options(o: EvalOptions) -> None:
                         ("--eot", o.eot, 1), ("--transfer-steps", o.transfer_steps, 1), ("--size", o.size, 8)):
         if v < lo:
             raise UserError(f"{name} must be >= {lo}, got {v}")
+    if o.photos not in PHOTO_SPLITS:
+        raise UserError(f"--photos must be one of {', '.join(PHOTO_SPLITS)}, got {o.photos!r}")
+    if not 0.0 <= o.min_confidence < 1.0:
+        raise UserError(f"--min-confidence is a probability in [0, 1), got {o.min_confidence:g}")
+    if (o.data or o.labels) and (o.photos != "all" or o.min_confidence > 0):
+        raise UserError("--photos and --min-confidence choose among the bundled photos' crops; with --data/--labels "
+                        "(ground-truth labels) drop them")
     if o.images is not None and o.images < 1:
         raise UserError(f"--images must be >= 1, got {o.images}")
     if "transfer" in (o.attacks or ()) and not o.surrogates:
@@ -121,7 +132,12 @@ def default_attacks(differentiable: bool, has_surrogates: bool) -> tuple[str, ..
 def load_eval_set(o: EvalOptions, clf: Classifier) -> EvalSet:
     """The evaluation images (a labelled folder / CSV, or the bundled crops), checked against the classifier's
     classes; an unlabelled set gets the undefended classifier's own clean top-1 (reported as agreement)."""
-    ds = from_folder(o.data, o.labels, o.size) if (o.data or o.labels) else bundled(o.crops, o.size, o.seed)
+    if o.data or o.labels:
+        ds = from_folder(o.data, o.labels, o.size)
+    else:
+        ds = bundled(o.crops, o.size, o.seed, o.photos)
+        if o.min_confidence > 0:
+            ds = confident_crops(ds, clf, o.min_confidence, o.batch)
     if o.images:
         ds = ds.subset(o.images)
     check_labels(ds, clf.num_classes, clf.name)
@@ -130,6 +146,18 @@ def load_eval_set(o: EvalOptions, clf: Classifier) -> EvalSet:
     if ds.labels is None:
         ds.labels = clf.predict(ds.images, o.batch)
     return ds
+
+
+def confident_crops(ds: EvalSet, clf: Classifier, p: float, batch: int) -> EvalSet:
+    """The crops whose undefended clean top-1 probability is >= p. Agreement on near-ties (half the bundled crops
+    sit below 0.33) flips with any change of the image; this asks what a purifier does where the classifier has an
+    opinion. Chosen on the clean image only, so no purifier or attack is favoured."""
+    probs = torch.softmax(clf.logits(ds.images, batch).float(), 1).max(1).values
+    idx = torch.nonzero(probs >= p).flatten()
+    if idx.numel() == 0:
+        raise UserError(f"no crop has a clean top-1 probability >= {p:g} (highest {probs.max():.2f}); lower "
+                        f"--min-confidence or raise --crops")
+    return ds.select(idx, f"{ds.source}, the {idx.numel()} of {len(ds)} with clean top-1 probability >= {p:g}")
 
 
 def subset_index(n: int, k: int) -> torch.Tensor:

@@ -40,9 +40,11 @@ class EvalSet:
         """n images spread over the whole set (not the first n: those would all be crops of the same photos)."""
         if n >= len(self):
             return self
-        idx = torch.linspace(0, len(self) - 1, n).round().long()  # = core.subset_index
+        return self.select(torch.linspace(0, len(self) - 1, n).round().long())  # = core.subset_index
+
+    def select(self, idx: torch.Tensor, source: str | None = None) -> "EvalSet":
         return EvalSet(self.images[idx], None if self.labels is None else self.labels[idx],
-                       [self.names[i] for i in idx], self.metric, self.source)
+                       [self.names[i] for i in idx.tolist()], self.metric, source or self.source)
 
 
 def _resize_short(img: torch.Tensor, short: int) -> torch.Tensor:
@@ -59,11 +61,12 @@ def center_crop(img: torch.Tensor, size: int, resize: int) -> torch.Tensor:
     return r[:, y : y + size, x : x + size]
 
 
-def bundled(crops: int = 2, size: int = 224, seed: int = 0) -> EvalSet:
-    """All 11 bundled photos; crop 0 is the centre view, crops 1.. are seeded random views at random scales."""
+def bundled(crops: int = 2, size: int = 224, seed: int = 0, split: str = "all") -> EvalSet:
+    """The bundled photos of ``split`` (all 11 by default; ``holdout``: the two the BSN never trains on); crop 0 is
+    the centre view, crops 1.. are seeded random views at random scales."""
     rng = np.random.default_rng(seed)
     imgs, names = [], []
-    for name, arr in bundled_photos("all"):
+    for name, arr in bundled_photos(split):
         t = torch.from_numpy(arr).permute(2, 0, 1)
         imgs.append(center_crop(t, size, int(size * 8 / 7)))
         names.append(f"{name}#0")
@@ -73,7 +76,8 @@ def bundled(crops: int = 2, size: int = 224, seed: int = 0) -> EvalSet:
             y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
             imgs.append(r[:, y : y + size, x : x + size])
             names.append(f"{name}#{c}")
-    return EvalSet(torch.stack(imgs).contiguous(), None, names, "agreement", f"bundled photos ({crops} crops each)")
+    which = "bundled photos" if split == "all" else f"bundled {split} photos"
+    return EvalSet(torch.stack(imgs).contiguous(), None, names, "agreement", f"{which} ({crops} crops each)")
 
 
 _CLASS_DIR = re.compile(r"^(\d+)(?:[_\- ].*)?$")
