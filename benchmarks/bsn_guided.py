@@ -33,6 +33,7 @@ from ncis_deploy.data import ImageSet
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
+from ncis_deploy.eval.core import _purify
 from ncis_deploy.eval.dataset import bundled
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import mean4
@@ -88,9 +89,7 @@ def fine_tune(pur, net, x, adv, steps: int, crop: int, lr: float, pixel: float, 
 
 
 def agreement(pur, clf, x, adv, y, masks: dict) -> dict:
-    with torch.no_grad():
-        pc = clf.predict(torch.cat([pur(x[i : i + 8]) for i in range(0, len(x), 8)]), 8) == y
-        pa = clf.predict(torch.cat([pur(adv[i : i + 8]) for i in range(0, len(x), 8)]), 8) == y
+    pc, pa = (clf.predict(_purify(pur, t, 8), 8) == y for t in (x, adv))
     return {k: {"n": int(m.sum()), "clean": float(pc[m].float().mean()), "robust_pgd_8": float(pa[m].float().mean())}
             for k, m in masks.items()}
 
