@@ -1,0 +1,82 @@
+"""Experiment: does a fixed blend with a centre pixel (FBI-Net's a·Z + b with a constant a) buy clean agreement?
+
+    python benchmarks/blend.py [--out benchmarks/results/blend-cpu.json]
+
+A blind-spot output never sees the pixel it predicts, so on a clean image it drops detail the classifier may need.
+FBI-Net puts the centre back with a per-pixel blend a·Z + b. This measures the plain form, a constant λ, in the eval's
+own setting (88 crops of the 11 bundled photos, PGD 8/255 10 steps purifier-blind, agreement with the undefended
+clean top-1), for two choices of Z:
+- ``input``: out = λ·x̃ + (1 − λ)·purifier(x̃), the purifier's own input (adversarial noise included), for GS
+  alone (the ``gs`` preset and the two GS settings nearest ncis on robust agreement) and for ncis;
+- ``bsn_input``: out = λ·GS(x̃) + (1 − λ)·BSN(GS(x̃)), the BSN's input (its centre pixel, already smoothed): for
+  ncis, a straight line between the ``gs`` and ``ncis`` outputs.
+The adversarial images are made once (on the classifier alone), so every row scores the same images. Writes JSON.
+Not a shipped stage: see docs/presets.md, "Blending the centre pixel back".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ncis_deploy.doctor import cpu_record
+from ncis_deploy.eval import attacks as A
+from ncis_deploy.eval.classifiers import load_classifier
+from ncis_deploy.eval.core import _purify
+from ncis_deploy.eval.dataset import bundled
+from ncis_deploy.fileio import write_json
+from ncis_deploy.model.purifier import load_purifier
+
+LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+NCIS_GS = {"type": "gs", "kernel_size": 5, "sigma": 1.0, "iterations": 3}  # the ncis preset's GS stage
+GS_ONLY = {"gs (k5 σ1 T3)": [NCIS_GS],
+           "gs k5 σ1 T4": [NCIS_GS | {"iterations": 4}],
+           "gs k5 σ2 T2": [NCIS_GS | {"sigma": 2.0, "iterations": 2}]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--crops", type=int, default=8, help="crops per bundled photo (8 × 11 = the eval's 88)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "blend-cpu.json"))
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    clf = load_classifier("efficientnet-lite0")
+    net = clf.require_gradients("the blend experiment")
+    ds = bundled(a.crops, 224, seed=0)
+    x, y = ds.images, clf.predict(ds.images, 8)
+    adv = A.pgd(net, x, y, 8 / 255, 10, seed=0, batch=4).x_adv  # = eval's purifier-blind pgd
+
+    def score(clean: torch.Tensor, robust: torch.Tensor) -> dict:
+        return {"clean": float((clf.predict(clean, 8) == y).float().mean()),
+                "robust_pgd_8": float((clf.predict(robust, 8) == y).float().mean())}
+
+    outputs = {name: (_purify(load_purifier({"stages": st, "clamp": True}), x, 8),
+                      _purify(load_purifier({"stages": st, "clamp": True}), adv, 8)) for name, st in GS_ONLY.items()}
+    outputs["ncis"] = tuple(_purify(load_purifier("ncis"), t, 8) for t in (x, adv))
+    rows = []
+    for name, (pc, pa) in outputs.items():
+        for lam in LAMBDAS:
+            rows.append({"purifier": name, "z": "input", "lambda": lam,
+                         **score(lam * x + (1 - lam) * pc, lam * adv + (1 - lam) * pa)})
+    gc, ga = outputs["gs (k5 σ1 T3)"]  # = GS(x̃) of the ncis preset: the BSN's input
+    nc, na = outputs["ncis"]
+    for lam in (0.25, 0.5, 0.75):
+        rows.append({"purifier": "ncis", "z": "bsn_input", "lambda": lam,
+                     **score(lam * gc + (1 - lam) * nc, lam * ga + (1 - lam) * na)})
+    for r in rows:
+        print(f"{r['purifier']:14s} z={r['z']:9s} λ={r['lambda']:.2f}  clean {r['clean']:.1%}  "
+              f"robust {r['robust_pgd_8']:.1%}")
+    write_json(a.out, {"command": "python benchmarks/blend.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                       "eval": f"{len(x)} crops ({a.crops} × 11 photos, seed 0), PGD 8/255 10 steps purifier-blind",
+                       "rows": rows, "wall_s": time.perf_counter() - t0, "machine": cpu_record()})
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
