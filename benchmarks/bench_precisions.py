@@ -1,7 +1,7 @@
 """Every precision × backend usable on this CPU against ORT FP32 in one run, and why throughput falls with batch.
 
     python benchmarks/bench_precisions.py [--export DIR] [--duration 2] [--batches 1 2 4 8] [--torch]
-    python benchmarks/bench_precisions.py --readme      # only rewrite README's performance block from the JSON
+    python benchmarks/bench_precisions.py --readme      # redraw README's block, the .md and the .png from the JSON
 
 1. ``run_bench`` (what ``ncis-deploy bench`` runs) on the ``ncis`` purifier at 224², batches 1/2/4/8: every
    backend × precision usable here (torch only with --torch: it is 5× slower and adds minutes), all measured
@@ -294,7 +294,7 @@ def plot(record: dict, path: Path) -> None:
         ax.set_xlabel("batch")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    ax1.set_ylabel("images / s (median latency)")
+    ax1.set_ylabel("images / s (batch × queries / total time)")
     ax1.set_title(f"throughput vs batch, {rep['settings']['height']}²")
     ax2.axhline(1.0, color="grey", lw=1)
     ax2.set_ylabel(f"throughput ÷ {REF} (FP32), same run")
@@ -344,13 +344,17 @@ def main() -> None:
     ap.add_argument("--warmup-ms", type=float, default=300.0)
     ap.add_argument("--torch", action="store_true", help="also time torch eager (slow)")
     ap.add_argument("--preset", action="store_true", help="bench the ncis preset even where `export --int8` exists")
-    ap.add_argument("--readme", action="store_true", help="only rewrite README's block from the recorded JSON")
+    ap.add_argument("--readme", action="store_true",
+                    help="measure nothing: redraw README's block, the .md and the .png from the recorded JSON")
     ap.add_argument("--out", type=Path, default=OUT, help="results path without suffix (.json, .md, .png); the "
                                                           "README block is rewritten only for the default")
     args = ap.parse_args()
-    if args.readme:
-        record = json.loads(OUT.with_suffix(".json").read_text())
-        print("README block", "rewritten" if write_readme(record) else "unchanged")
+    if args.readme:  # every view of the recorded JSON, redrawn without measuring again
+        record = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(markdown(record))
+        plot(record, args.out.with_suffix(".png"))
+        readme = ("rewritten" if write_readme(record) else "unchanged") if args.out == OUT else "not touched (--out)"
+        print(f"{args.out}.md and .png redrawn; README block {readme}")
         return
     from ncis_deploy.fileio import write_json
 
