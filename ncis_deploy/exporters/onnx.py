@@ -255,8 +255,8 @@ def _bilateral(g: _Graph, x: str, channels: int) -> str:
     logits = g.op("Add", [logits, g.op("Mul", [g.op("Sub", [inside, g.const(1.0, g.dtype)]),
                                                g.const(1e4, g.dtype)])])
     # the softmax written out, normalised once at the end: Softmax over axis 1 of NCHW made ORT transpose to the last
-    # axis and back (26 of 185 ms per 224² image) and OpenVINO reorder out of its blocked layout (9 ms); the max tap
-    # contributes exp(0) = 1, so the sum is >= 1 and nothing underflows to 0 / 0
+    # axis and back (26 ms of a 250 ms profiled 224² run) and OpenVINO reorder out of its blocked layout (9 ms); the
+    # max tap contributes exp(0) = 1, so the sum is >= 1 and nothing underflows to 0 / 0
     axis = g.const([1], np.int64)
     e = g.op("Exp", [g.op("Sub", [logits, g.op("ReduceMax", [logits, axis], "bilateral_max", keepdims=1)])],
              "bilateral_exp")
