@@ -203,7 +203,9 @@ def _masked_conv(g: _Graph, x: str, conv: MaskedConv2d, dense: bool) -> str:
 
 
 def _prelu(g: _Graph, x: str, act: torch.nn.PReLU) -> str:
-    return g.op("PRelu", [x, g.init("prelu", _np(act.weight).reshape(-1, 1, 1))], "prelu")
+    # slope [1, C, 1, 1], the input's rank: with [C, 1, 1] OpenVINO's CPU plugin ran the mixing Add + PRelu chains in
+    # planar layout and reordered to and from every convolution around them (58 reorders, ~8 % of bf16 time at 224²)
+    return g.op("PRelu", [x, g.init("prelu", _np(act.weight).reshape(1, -1, 1, 1))], "prelu")
 
 
 def _half(g: _Graph, x: str) -> str:
@@ -226,20 +228,22 @@ def _mean4(g: _Graph, x: str, channels: int) -> str:
 
 
 def _bilateral(g: _Graph, x: str, channels: int) -> str:
-    """The blind bilateral baseline (:func:`ncis_deploy.model.bsn.bilateral`) in 4-D ops only: a depthwise one-hot
-    conv gathers the T neighbours of each channel, Split gives each channel its [N, T, H, W], and the weights are a
-    softmax over T of spatial − ‖n − mean4‖² / h² − (outside the image ? 10⁴ : 0)."""
+    """The blind bilateral baseline (:func:`ncis_deploy.model.bsn.bilateral`) in 4-D ops only: a one-hot conv
+    gathers the T neighbours of each channel's plane into its own [N, T, H, W], and the weights are a softmax over T
+    of spatial − ‖n − mean4‖² / h² − (outside the image ? 10⁴ : 0)."""
     r = BILATERAL_RADIUS
     k, spatial = bilateral_taps(channels)
     t = k.shape[0] // channels
     pads = g.const([0, 0, r, r, 0, 0, r, r], np.int64)
+    one_hot = g.init("bilateral_taps_w", _np(k[:t]))  # [T, 1, 2r+1, 2r+1], the same for every channel
 
-    def gather(src: str, kernel: np.ndarray, group: int, hint: str) -> str:
-        padded = g.op("Pad", [src, pads], f"{hint}_pad", mode="constant")
-        return g.op("Conv", [padded, g.init(f"{hint}_w", kernel)], hint, kernel_shape=[2 * r + 1] * 2,
-                    group=group, pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
+    def gather(plane: str, hint: str) -> str:
+        return g.op("Conv", [plane, one_hot], hint, kernel_shape=[2 * r + 1] * 2, group=1, pads=[0, 0, 0, 0],
+                    strides=[1, 1], dilations=[1, 1])
 
-    taps = g.split(gather(x, _np(k), channels, "bilateral_taps"), [t] * channels, "bilateral_split")
+    # split the 3-channel input, not the 3·T-channel taps: OpenVINO's CPU plugin splits with a reference kernel
+    padded = g.op("Pad", [x, pads], "bilateral_taps_pad", mode="constant")
+    taps = [gather(p, "bilateral_taps") for p in g.split(padded, [1] * channels, "bilateral_planes")]
     guides = g.split(_mean4(g, x, channels), [1] * channels, "bilateral_guide_split")
     d2 = None
     for tc, gc in zip(taps, guides):
@@ -249,7 +253,7 @@ def _bilateral(g: _Graph, x: str, channels: int) -> str:
     ones = g.op("Add", [g.op("Mul", [g.op("Slice", [x, g.const([0], np.int64), g.const([1], np.int64),
                                                       g.const([1], np.int64)]), g.const(0.0, g.dtype)]),
                        g.const(1.0, g.dtype)])
-    inside = gather(ones, _np(k[:t]), 1, "bilateral_inside")
+    inside = gather(g.op("Pad", [ones, pads], "bilateral_inside_pad", mode="constant"), "bilateral_inside")
     logits = g.op("Mul", [d2, g.const(-1.0 / (channels * BILATERAL_H ** 2), g.dtype)])
     logits = g.op("Add", [logits, g.init("bilateral_spatial", _np(spatial).reshape(1, -1, 1, 1))])
     logits = g.op("Add", [logits, g.op("Mul", [g.op("Sub", [inside, g.const(1.0, g.dtype)]),
