@@ -83,6 +83,18 @@ def test_graph_shape_unrolled_fused_and_tap_free():
     assert len(meta["ncis_deploy.weights_sha256"]) == 64
 
 
+def test_graph_is_shaped_for_the_cpu_runtimes():
+    """What made OpenVINO/ORT slow, measured (docs/export.md): PRelu slopes of a lower rank than their input (OpenVINO
+    ran those chains planar, 1.9x slower in f32), a Softmax over the channel axis, a Split of the 3·T gathered taps."""
+    m = build_onnx(small_purifier(baseline="bilateral"), 16, 16)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    prelus = [n for n in m.graph.node if n.op_type == "PRelu"]
+    assert prelus and all(inits[n.input[1]].shape == (1, inits[n.input[1]].size, 1, 1) for n in prelus)
+    assert not any(n.op_type == "Softmax" for n in m.graph.node)
+    splits = [n for n in m.graph.node if n.op_type == "Split"]
+    assert splits and all(len(n.output) == 3 and all(inits[n.input[1]] == 1) for n in splits)
+
+
 def test_live_tap_bsn_needs_at_most_062_of_dense_macs():
     bsn = Purifier({"stages": [{"type": "bsn", "iterations": 1}], "bsn": {"channels": 3, "layers": 17, "filters": 32},
                     "clamp": False}).eval()
