@@ -10,13 +10,14 @@ clean top-1), for two choices of Z:
   alone (the ``gs`` preset and the two GS settings nearest ncis on robust agreement) and for ncis;
 - ``bsn_input``: out = λ·GS(x̃) + (1 − λ)·BSN(GS(x̃)), the BSN's input (its centre pixel, already smoothed): for
   ncis, a straight line between the ``gs`` and ``ncis`` outputs.
-The adversarial images are made once (on the classifier alone), so every row scores the same images. Writes JSON.
-Not a shipped stage: see docs/presets.md, "Blending the centre pixel back".
+The adversarial images are made once (on the classifier alone), so every row scores the same images. Writes JSON and
+a clean-vs-robust plot next to it (``--plot-only`` redraws the plot from the JSON). Not a shipped stage: see docs/presets.md, "Blending the centre pixel back".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--crops", type=int, default=8, help="crops per bundled photo (8 × 11 = the eval's 88)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "blend-cpu.json"))
+    ap.add_argument("--plot-only", action="store_true", help="measure nothing: redraw the plot from --out")
     a = ap.parse_args(argv)
+    if a.plot_only:
+        plot(json.loads(Path(a.out).read_text()), Path(a.out).with_suffix(".png"))
+        return 0
     torch.manual_seed(0)
     t0 = time.perf_counter()
     clf = load_classifier("efficientnet-lite0")
@@ -74,8 +79,43 @@ def main(argv=None) -> int:
     write_json(a.out, {"command": "python benchmarks/blend.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                        "eval": f"{len(x)} crops ({a.crops} × 11 photos, seed 0), PGD 8/255 10 steps purifier-blind",
                        "rows": rows, "wall_s": time.perf_counter() - t0, "machine": cpu_record()})
-    print(f"wrote {a.out}")
+    plot(json.loads(Path(a.out).read_text()), Path(a.out).with_suffix(".png"))
+    print(f"wrote {a.out} and its .png")
     return 0
+
+
+def plot(report: dict, path: Path) -> None:
+    """Clean vs robust agreement, one line per purifier and Z, λ rising along it (λ = 0 ringed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    lines: dict[tuple, list] = {}
+    for r in report["rows"]:
+        lines.setdefault((r["purifier"], r["z"]), []).append(r)
+    base = {r["purifier"]: r for r in report["rows"] if r["lambda"] == 0.0}
+    for (name, z), rows in lines.items():
+        rows = sorted(rows, key=lambda r: r["lambda"])
+        if z == "bsn_input":  # from the ncis point (λ = 0) towards gs (λ = 1)
+            rows = [base["ncis"], *rows, base["gs (k5 σ1 T3)"] | {"lambda": 1.0}]
+        xs, ys = [100 * r["robust_pgd_8"] for r in rows], [100 * r["clean"] for r in rows]
+        label = f"{name}: λ·x̃ + (1−λ)·out" if z == "input" else "λ·GS(x̃) + (1−λ)·BSN(GS(x̃))"
+        (ln,) = ax.plot(xs, ys, marker="o", ms=4, label=label, ls="-" if z == "input" else "--")
+        if z == "input":
+            ax.plot(xs[:1], ys[:1], marker="o", ms=11, mfc="none", color=ln.get_color())
+        for r, x, y in zip(rows, xs, ys):
+            if 0 < r["lambda"] < 1:
+                ax.annotate(f"{r['lambda']:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("robust agreement, PGD 8/255 purifier-blind (%)")
+    ax.set_ylabel("clean agreement (%)")
+    ax.set_title(f"blending the centre pixel back ({report['eval'].split(' (')[0]}); numbers = λ, ring = λ 0")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
