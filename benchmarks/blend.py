@@ -11,7 +11,8 @@ clean top-1), for two choices of Z:
 - ``bsn_input``: out = λ·GS(x̃) + (1 − λ)·BSN(GS(x̃)), the BSN's input (its centre pixel, already smoothed): for
   ncis, a straight line between the ``gs`` and ``ncis`` outputs.
 The adversarial images are made once (on the classifier alone), so every row scores the same images. Writes JSON and
-a clean-vs-robust plot next to it (``--plot-only`` redraws the plot from the JSON). Not a shipped stage: see docs/presets.md, "Blending the centre pixel back".
+a clean-vs-robust plot next to it (``--plot-only`` redraws the plot from the JSON). Not a shipped stage: see
+docs/presets.md, "Blending the centre pixel back".
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def main(argv=None) -> int:
         return {"clean": float((clf.predict(clean, 8) == y).float().mean()),
                 "robust_pgd_8": float((clf.predict(robust, 8) == y).float().mean())}
 
-    outputs = {name: (_purify(load_purifier({"stages": st, "clamp": True}), x, 8),
-                      _purify(load_purifier({"stages": st, "clamp": True}), adv, 8)) for name, st in GS_ONLY.items()}
-    outputs["ncis"] = tuple(_purify(load_purifier("ncis"), t, 8) for t in (x, adv))
+    purifiers = {name: load_purifier({"stages": st, "clamp": True}) for name, st in GS_ONLY.items()}
+    purifiers["ncis"] = load_purifier("ncis")
+    outputs = {name: (_purify(p, x, 8), _purify(p, adv, 8)) for name, p in purifiers.items()}
     rows = []
     for name, (pc, pa) in outputs.items():
         for lam in LAMBDAS:
