@@ -28,8 +28,7 @@ import torch
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import _purify
-from ncis_deploy.eval.dataset import bundled
+from ncis_deploy.eval.core import EvalOptions, _purify, load_eval_set
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.purifier import load_purifier
 
@@ -53,9 +52,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     clf = load_classifier("efficientnet-lite0")
     net = clf.require_gradients("the blend experiment")
-    ds = bundled(a.crops, 224, seed=0)
-    x, y = ds.images, clf.predict(ds.images, 8)
-    adv = A.pgd(net, x, y, 8 / 255, 10, seed=0, batch=4).x_adv  # = eval's purifier-blind pgd
+    o = EvalOptions(crops=a.crops)  # the eval's own set and PGD settings, asked rather than restated
+    ds = load_eval_set(o, clf)
+    x, y = ds.images, ds.labels
+    adv = A.pgd(net, x, y, 8 / 255, o.steps, seed=o.seed, batch=o.batch).x_adv  # = eval's purifier-blind pgd
 
     def score(clean: torch.Tensor, robust: torch.Tensor) -> dict:
         return {"clean": float((clf.predict(clean, 8) == y).float().mean()),

@@ -33,7 +33,7 @@ from ncis_deploy.data import ImageSet
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import _purify
+from ncis_deploy.eval.core import EvalOptions, _purify, load_eval_set
 from ncis_deploy.eval.dataset import bundled
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import mean4
@@ -112,9 +112,10 @@ def main(argv=None) -> int:
     x_train, adv_train = adversarial_training_crops(net, clf, a.train_crops)
     t_adv = time.perf_counter() - t0
 
-    ds = bundled(8, 224, seed=0)  # = eval's zero-argument set at --crops 8
-    y = clf.predict(ds.images, 8)
-    adv = A.pgd(net, ds.images, y, 8 / 255, 10, seed=0, batch=4).x_adv  # = eval's purifier-blind pgd
+    o = EvalOptions(crops=8)  # the eval's own set and PGD settings, asked rather than restated
+    ds = load_eval_set(o, clf)
+    y = ds.labels
+    adv = A.pgd(net, ds.images, y, 8 / 255, o.steps, seed=o.seed, batch=o.batch).x_adv  # = eval's purifier-blind pgd
     conf = F.softmax(clf.logits(ds.images, 8), 1).max(1).values
     hold = torch.tensor([n.split("#")[0] in ("china", "flower") for n in ds.names])
     masks = {"all": torch.ones_like(hold), "train_photos": ~hold, "holdout_photos": hold,
