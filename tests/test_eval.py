@@ -353,6 +353,7 @@ def test_sweep_small_grid(tinymod, tmp_path):
     assert rep["attack"]["threat_model"] == "purifier-blind" and rep["rows"][0]["clean"] == 1.0
     assert "| none | 100.0% |" in render_sweep(rep)
     assert "Wall time" in render_sweep(rep) and "◆" in render_sweep(rep)
+    assert rep["machine"]["isa"] is not None and f"on {rep['machine']['cpu']}" in render_sweep(rep)  # seconds' CPU
     plot_sweep(rep, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
     r = run("eval", "--classifier", "tinymod:make", "--sweep", "--grid", "kernel_size=3", "--grid", "sigma=1",
@@ -493,12 +494,14 @@ def test_ghost_surrogate_loads_as_an_ensemble(lite0_and_photos):
 
 
 def test_sweep_frontier_keeps_only_undominated_settings():
-    from ncis_deploy.eval.sweep import frontier
+    from ncis_deploy.eval.sweep import frontier, frontier_labels
 
     points = [("none", 1.0, 0.0), ("a", 0.6, 0.4), ("a-tie", 0.6, 0.4), ("b", 0.6, 0.3), ("c", 0.5, 0.4),
               ("d", 0.7, 0.2)]
     rows = [{"label": lab, "clean": c, "robust": r} for lab, c, r in points]
     assert [r["label"] for r in frontier(rows)] == ["none", "d", "a", "a-tie"]
+    # the plot labels a tie once, not twice on the same spot
+    assert frontier_labels(rows) == {(1.0, 0.0): "none", (0.7, 0.2): "d", (0.6, 0.4): "a = a-tie"}
 
 
 def test_sweep_finds_the_presets_among_its_rows():

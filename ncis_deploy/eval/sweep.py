@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from ncis_deploy.doctor import cpu_record
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
@@ -119,7 +120,8 @@ def run_sweep(o: EvalOptions, grid: dict | None = None, progress: Callable[[str]
             "data": {"source": ds.source, "images": len(ds)}, "attack": {"name": "pgd", "threat_model":
             "purifier-blind", "eps": eps, "eps_label": _fmt_eps(eps), "steps": o.steps, "seed": o.seed},
             "grid": {k: list(v) for k, v in grid.items()}, "rows": rows,
-            "wall_s": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads()}
+            "wall_s": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
+            "machine": cpu_record()}  # the seconds column is a speed figure: it carries its CPU
 
 
 def label(cfg: dict) -> str:
@@ -142,6 +144,15 @@ def frontier(rows: list[dict]) -> list[dict]:
     return sorted((r for r in rows if not beaten(r)), key=lambda r: (-r["clean"], r["robust"]))
 
 
+def frontier_labels(rows: list[dict]) -> dict[tuple[float, float], str]:
+    """One label per frontier point: settings that measure the same share it ("a = b"), since two labels printed on
+    the same spot cannot be read."""
+    same: dict[tuple[float, float], list[str]] = {}
+    for r in frontier(rows):
+        same.setdefault((r["clean"], r["robust"]), []).append(r["label"])
+    return {xy: " = ".join(labels) for xy, labels in same.items()}
+
+
 def _bsn_count(cfg: dict) -> int:
     return sum(s["iterations"] for s in cfg["stages"] if s["type"] == "bsn")
 
@@ -159,10 +170,11 @@ def render_sweep(rep: dict) -> str:
         mark = "◆" if r["label"] in front else ""
         lines.append(f"| {r['label']} | {r['clean']:.1%} | {r['robust']:.1%} | {mark} | {r['seconds']} |")
     n = rep["data"]["images"]
+    where = f" on {rep['machine']['cpu']} ({rep['machine']['cores']} cores)" if rep.get("machine") else ""
     lines += ["", f"◆ = on the frontier (no other setting is as good on both clean and robust {m} and better on "
               f"one). One image = {1 / n:.1%}. s = purification time of that setting alone (clean + adversarial "
               f"sets; noisy on a shared machine). Wall time {rep['wall_s']:.0f} s with {rep['torch_threads']} torch "
-              "threads."]
+              f"threads{where}."]
     return "\n".join(lines)
 
 
@@ -188,12 +200,11 @@ def plot_sweep(rep: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     colors = {0: "tab:blue", 1: "tab:red", 2: "tab:purple"}
     front = frontier(rep["rows"])
-    on_front = {r["label"] for r in front}
     for r in rep["rows"]:
-        b = _bsn_count(r["config"])
-        ax.scatter(r["clean"], r["robust"], c=colors.get(b, "black"), s=18)
-        if r["label"] in on_front:  # the other points crowd each other; the table names every one
-            ax.annotate(r["label"], (r["clean"], r["robust"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+        ax.scatter(r["clean"], r["robust"], c=colors.get(_bsn_count(r["config"]), "black"), s=18)
+    # only the frontier is labelled: the other points crowd each other; the table names every one
+    for (clean, robust), text in frontier_labels(rep["rows"]).items():
+        ax.annotate(text, (clean, robust), fontsize=6, xytext=(4, 2), textcoords="offset points")
     ax.plot([r["clean"] for r in front], [r["robust"] for r in front], color="grey", linewidth=0.8, zorder=0)
     for name, r in preset_rows(rep["rows"]).items():  # where the shipped presets sit among the settings
         ax.scatter(r["clean"], r["robust"], s=90, facecolors="none", edgecolors="black", linewidths=1.2)
