@@ -212,8 +212,11 @@ def plot_sweep(rep: dict, path) -> None:
                     textcoords="offset points")
     ax.set_xlabel(f"clean {rep['metric']}")
     ax.set_ylabel(f"purifier-blind robust {rep['metric']} ({rep['attack']['eps_label']})")
-    ax.set_title(f"GS (blue), + 1 BSN pass (red), + 2 passes (purple); no GS T: the BSN alone\n"
-                 f"grey: the frontier (labelled); ringed: the presets; {rep['data']['images']} images", fontsize=8)
+    counts = {_bsn_count(r["config"]) for r in rep["rows"]}
+    key = "GS alone: every setting in blue" if counts <= {0} else \
+        "GS (blue), + 1 BSN pass (red), + 2 passes (purple); no GS T: the BSN alone"  # a GS-only grid has no red
+    ax.set_title(f"{key}\ngrey: the frontier (labelled); ringed: the presets; {rep['data']['images']} images",
+                 fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
