@@ -28,7 +28,7 @@ import torch
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import EvalOptions, _purify, load_eval_set
+from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.purifier import load_purifier
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     purifiers = {name: load_purifier({"stages": st, "clamp": True}) for name, st in GS_ONLY.items()}
     purifiers["ncis"] = load_purifier("ncis")
-    outputs = {name: (_purify(p, x, 8), _purify(p, adv, 8)) for name, p in purifiers.items()}
+    outputs = {name: (purify_batched(p, x, 8), purify_batched(p, adv, 8)) for name, p in purifiers.items()}
     rows = []
     for name, (pc, pa) in outputs.items():
         for lam in LAMBDAS:

@@ -33,13 +33,13 @@ from ncis_deploy.data import ImageSet
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import EvalOptions, _purify, load_eval_set
+from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched
 from ncis_deploy.eval.dataset import bundled
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import mean4
 from ncis_deploy.model.purifier import load_purifier
 from ncis_deploy.quality import holdout_pairs, mean_psnr
-from ncis_deploy.train import TrainConfig, _ncis_gs, make_batch
+from ncis_deploy.train import TrainConfig, ncis_gs, make_batch
 
 TRAIN_EPS = (4 / 255, 8 / 255, 16 / 255)
 CONFIDENT = 0.5
@@ -70,7 +70,7 @@ def fine_tune(pur, net, x, adv, steps: int, crop: int, lr: float, pixel: float, 
         xs, xa = (t[idx][:, :, y0 : y0 + crop, x0 : x0 + crop] for t in (x, adv))
         with torch.no_grad():
             target = F.softmax(net(xs), 1)
-        logits = net(bsn(_ncis_gs(torch.cat([xs, xa]))).clamp(0.0, 1.0))
+        logits = net(bsn(ncis_gs(torch.cat([xs, xa]))).clamp(0.0, 1.0))
         kl = F.kl_div(F.log_softmax(logits, 1), torch.cat([target, target]), reduction="batchmean")
         px, pt = make_batch(images, pixel_cfg, 10**6 + step)
         pix = F.mse_loss(bsn(px), pt)
@@ -89,7 +89,7 @@ def fine_tune(pur, net, x, adv, steps: int, crop: int, lr: float, pixel: float, 
 
 
 def agreement(pur, clf, x, adv, y, masks: dict) -> dict:
-    pc, pa = (clf.predict(_purify(pur, t, 8), 8) == y for t in (x, adv))
+    pc, pa = (clf.predict(purify_batched(pur, t, 8), 8) == y for t in (x, adv))
     return {k: {"n": int(m.sum()), "clean": float(pc[m].float().mean()), "robust_pgd_8": float(pa[m].float().mean())}
             for k, m in masks.items()}
 

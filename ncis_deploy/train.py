@@ -246,7 +246,7 @@ def _machine(device: torch.device) -> dict:
     return rec
 
 
-def _ncis_gs(x: torch.Tensor) -> torch.Tensor:
+def ncis_gs(x: torch.Tensor) -> torch.Tensor:
     """The GS stage in front of the BSN in the ncis preset."""
     st = PRESETS["ncis"].stages[0]
     return smooth_fused(x, st["kernel_size"], st["sigma"], st["iterations"])
@@ -258,7 +258,7 @@ def holdout_baselines(pairs) -> dict:
     best = gs_sweep(pairs)[0]
     return {"noisy": mean_psnr(lambda x: x, pairs), "mean4": mean_psnr(mean4, pairs),
             "bilateral": mean_psnr(bilateral, pairs),
-            "gs_ncis": mean_psnr(_ncis_gs, pairs), "gs_ncis_setting": dict(PRESETS["ncis"].stages[0]),
+            "gs_ncis": mean_psnr(ncis_gs, pairs), "gs_ncis_setting": dict(PRESETS["ncis"].stages[0]),
             "best_gs": best["psnr"],
             "best_gs_setting": {k: best[k] for k in ("kernel_size", "sigma", "iterations")}}
 
@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, resume: bool = False, explicit: set[str] | None = No
     def holdout_psnr() -> dict:
         bsn.eval()
         p = {"holdout_psnr": mean_psnr(bsn, holdout, device),
-             "holdout_psnr_ncis": mean_psnr(lambda x: bsn(_ncis_gs(x)), holdout, device)}
+             "holdout_psnr_ncis": mean_psnr(lambda x: bsn(ncis_gs(x)), holdout, device)}
         bsn.train()
         return p
 

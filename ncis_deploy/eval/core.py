@@ -191,7 +191,9 @@ def _load_purifiers(o: EvalOptions):
     return {p: load_purifier(p, weights=o.weights if p not in ("none", "gs") else None) for p in o.presets}
 
 
-def _purify(purifier, x: torch.Tensor, batch: int) -> torch.Tensor:
+def purify_batched(purifier, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``purifier`` over ``x`` in batches of ``batch``, without gradients: how eval, the sweep and the benchmark
+    scripts purify a whole image set."""
     with torch.no_grad():
         return torch.cat([purifier(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
@@ -314,7 +316,7 @@ def _load_classifiers(o: EvalOptions, say) -> tuple[EvalOptions, Classifier, lis
 def _measure_clean(run: _Run) -> None:
     for p, pur in run.purifiers.items():
         run.say(f"clean: {p}")
-        xp = _purify(pur, run.ds.images, run.o.batch)
+        xp = purify_batched(pur, run.ds.images, run.o.batch)
         run.purified_clean[p] = xp
         ok = _classify(run, p, "clean", 0.0, xp)
         run.rows.append(_row(p, "clean", "clean", 0.0, "linf", 0, ok, run.ds.metric))
@@ -380,7 +382,7 @@ def _made_without_purifier(run: _Run, attack: str, eps: float) -> None:
         run.adversarial[(attack, eps)] = out.x_adv
     for p, pur in run.purifiers.items():
         run.say(f"{attack} {_fmt_eps(eps, norm)}: purify with {p} and classify")
-        ok = _classify(run, p, attack, eps, _purify(pur, out.x_adv, o.batch))
+        ok = _classify(run, p, attack, eps, purify_batched(pur, out.x_adv, o.batch))
         if attack in ("pgd", "transfer"):
             (run.blind_correct if attack == "pgd" else run.transfer_correct)[(p, eps)] = ok
         run.rows.append(_row(p, attack, threat, eps, norm, steps, ok, ds.metric,

@@ -20,7 +20,7 @@ from ncis_deploy.doctor import cpu_record
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import EvalOptions, _fmt_eps, _purify, check_options, load_eval_set
+from ncis_deploy.eval.core import EvalOptions, _fmt_eps, check_options, load_eval_set, purify_batched
 
 DEFAULT_EPS = (8 / 255,)  # the sweep's one ε (it uses the first given): its axes are the purifier's parameters
 DEFAULT_GRID = {"kernel_size": (3, 5), "sigma": (0.5, 1.0, 2.0), "iterations": (1, 2, 5),
@@ -73,10 +73,10 @@ def purify_bsn_counts(gs_raw, bsn_pass, x: torch.Tensor, counts, batch: int) -> 
     ``gs_raw`` is the GS stage without the final clamp and ``bsn_pass`` one clamped BSN pass, so each output equals
     ``Purifier.forward`` of that config exactly."""
     t0 = time.perf_counter()
-    z = _purify(gs_raw, x, batch)
+    z = purify_batched(gs_raw, x, batch)
     out = {0: (z.clamp(0.0, 1.0), time.perf_counter() - t0)}
     for b in range(1, max(counts) + 1):
-        z = _purify(bsn_pass, z, batch)
+        z = purify_batched(bsn_pass, z, batch)
         out[b] = (z, time.perf_counter() - t0)
     return {b: out[b] for b in counts}
 
