@@ -504,6 +504,30 @@ def test_sweep_frontier_keeps_only_undominated_settings():
     assert frontier_labels(rows) == {(1.0, 0.0): "none", (0.7, 0.2): "d", (0.6, 0.4): "a = a-tie"}
 
 
+def test_sweep_compares_gs_plus_bsn_with_gs_alone_at_equal_robustness():
+    from ncis_deploy.eval.sweep import bsn_vs_gs, render_sweep
+
+    g = lambda t: {"type": "gs", "kernel_size": 5, "sigma": 1.0, "iterations": t}  # noqa: E731
+    b = {"type": "bsn", "iterations": 1}
+    rows = [{"label": lab, "config": {"stages": st}, "clean": c, "robust": r} for lab, st, c, r in [
+        ("none", [], 1.0, 0.0), ("bsn", [b], 0.9, 0.05),  # the BSN alone is in neither family
+        ("g1", [g(1)], 0.6, 0.1), ("g3", [g(3)], 0.5, 0.3), ("g4", [g(4)], 0.45, 0.35),
+        ("g1b", [g(1), b], 0.58, 0.25), ("g3b", [g(3), b], 0.5, 0.4)]]
+    c = bsn_vs_gs(rows)
+    # g1b (0.25 robust) against the best GS alone at >= 0.25: g3 (0.5 clean) -> +8 points; g3b is above the ceiling
+    assert c["largest_gain_at_equal_robust"]["setting"] == "g1b"
+    assert c["largest_gain_at_equal_robust"]["gs_setting"] == "g3"
+    assert abs(c["largest_gain_at_equal_robust"]["gain"] - 0.08) < 1e-9
+    assert c["most_robust_gs_alone"]["label"] == "g4" and c["most_robust_with_bsn"]["label"] == "g3b"
+    assert c["above_gs_ceiling"] == ["g3b"]
+    assert bsn_vs_gs([r for r in rows if r["label"] != "g1b" and r["label"] != "g3b"]) is None
+    rep = {"metric": "agreement", "classifier": "c", "data": {"images": 10}, "rows": rows, "wall_s": 1.0,
+           "torch_threads": 2, "attack": {"eps_label": "8/255", "steps": 10}}
+    for r in rows:
+        r["seconds"] = 0.0
+    assert "+8.0 points (g1b 58.0% / 25.0%" in render_sweep(rep) and "1 GS + BSN setting(s)" in render_sweep(rep)
+
+
 def test_sweep_finds_the_presets_among_its_rows():
     from ncis_deploy.eval.sweep import preset_rows
     from ncis_deploy.model.purifier import PRESETS

@@ -120,6 +120,7 @@ def run_sweep(o: EvalOptions, grid: dict | None = None, progress: Callable[[str]
             "data": {"source": ds.source, "images": len(ds)}, "attack": {"name": "pgd", "threat_model":
             "purifier-blind", "eps": eps, "eps_label": _fmt_eps(eps), "steps": o.steps, "seed": o.seed},
             "grid": {k: list(v) for k, v in grid.items()}, "rows": rows,
+            "bsn_vs_gs": bsn_vs_gs(rows),
             "wall_s": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
             "machine": cpu_record()}  # the seconds column is a speed figure: it carries its CPU
 
@@ -157,6 +158,49 @@ def _bsn_count(cfg: dict) -> int:
     return sum(s["iterations"] for s in cfg["stages"] if s["type"] == "bsn")
 
 
+def bsn_vs_gs(rows: list[dict]) -> dict | None:
+    """What the BSN adds to smoothing, in the two ways the rows can answer it: the largest clean gain of a GS + BSN
+    setting over the best GS-alone setting that is at least as robust, and each family's most robust point. A GS +
+    BSN setting more robust than every GS-alone one has nothing to compare with at equal robustness: it is listed in
+    ``above_gs_ceiling``, not given a gain. The BSN alone (no GS stage) is in neither family, and "none" counts as GS
+    with no iterations. None when the rows lack one of the two families."""
+    def has(r, kind):
+        return any(st["type"] == kind and st["iterations"] for st in r["config"]["stages"])
+
+    gs = [r for r in rows if not has(r, "bsn")]
+    bsn = [r for r in rows if has(r, "bsn") and has(r, "gs")]
+    if not gs or not bsn:
+        return None
+    best_gain = None
+    for r in bsn:
+        rivals = [g for g in gs if g["robust"] >= r["robust"]]
+        if rivals:
+            rival = max(rivals, key=lambda g: (g["clean"], g["robust"]))
+            gain = r["clean"] - rival["clean"]
+            if best_gain is None or gain > best_gain["gain"]:
+                best_gain = {"gain": gain, "setting": r["label"], "clean": r["clean"], "robust": r["robust"],
+                             "gs_setting": rival["label"], "gs_clean": rival["clean"], "gs_robust": rival["robust"]}
+    top_gs, top_bsn = (max(f, key=lambda r: (r["robust"], r["clean"])) for f in (gs, bsn))
+    return {"largest_gain_at_equal_robust": best_gain,
+            "most_robust_gs_alone": {k: top_gs[k] for k in ("label", "clean", "robust")},
+            "most_robust_with_bsn": {k: top_bsn[k] for k in ("label", "clean", "robust")},
+            "above_gs_ceiling": sorted(r["label"] for r in bsn if r["robust"] > top_gs["robust"])}
+
+
+def _render_bsn_vs_gs(c: dict, m: str) -> list[str]:
+    g, a, b = c["largest_gain_at_equal_robust"], c["most_robust_gs_alone"], c["most_robust_with_bsn"]
+    lines = ["", f"**GS + BSN vs GS alone.** Most robust GS alone: {a['label']} {a['clean']:.1%} / {a['robust']:.1%}; "
+             f"most robust GS + BSN: {b['label']} {b['clean']:.1%} / {b['robust']:.1%} (clean / robust {m})."]
+    if g is not None:
+        lines.append(f"Largest clean gain at equal robustness: {g['gain'] * 100:+.1f} points ({g['setting']} "
+                     f"{g['clean']:.1%} / {g['robust']:.1%} against the best GS alone at least as robust, "
+                     f"{g['gs_setting']} {g['gs_clean']:.1%} / {g['gs_robust']:.1%}).")
+    if c["above_gs_ceiling"]:
+        lines.append(f"{len(c['above_gs_ceiling'])} GS + BSN setting(s) are more robust than every GS-alone setting: "
+                     "no GS alone to compare them with at equal robustness.")
+    return lines
+
+
 def render_sweep(rep: dict) -> str:
     m = rep["metric"]
     a = rep["attack"]
@@ -175,6 +219,8 @@ def render_sweep(rep: dict) -> str:
               f"one). One image = {1 / n:.1%}. s = purification time of that setting alone (clean + adversarial "
               f"sets; noisy on a shared machine). Wall time {rep['wall_s']:.0f} s with {rep['torch_threads']} torch "
               f"threads{where}."]
+    if (c := bsn_vs_gs(rep["rows"])) is not None:
+        lines += _render_bsn_vs_gs(c, m)
     return "\n".join(lines)
 
 
