@@ -528,6 +528,20 @@ def test_sweep_compares_gs_plus_bsn_with_gs_alone_at_equal_robustness():
     assert "+8.0 points (g1b 58.0% / 25.0%" in render_sweep(rep) and "1 GS + BSN setting(s)" in render_sweep(rep)
 
 
+def test_recorded_sweep_pages_are_what_their_json_renders():
+    """A sweep page in benchmarks/results is rendered from its JSON, never edited: one once kept an older run's rows
+    after the JSON was replaced."""
+    from pathlib import Path
+
+    from ncis_deploy.eval.sweep import render_sweep
+
+    pages = sorted((Path(__file__).parent.parent / "benchmarks" / "results").glob("eval-sweep*.json"))
+    assert len(pages) >= 2
+    for page in pages:
+        stale = render_sweep(json.loads(page.read_text())).strip() != page.with_suffix(".md").read_text().strip()
+        assert not stale, f"{page.with_suffix('.md').name} is not what its JSON renders: regenerate it with render_sweep"
+
+
 def test_sweep_finds_the_presets_among_its_rows():
     from ncis_deploy.eval.sweep import preset_rows
     from ncis_deploy.model.purifier import PRESETS
