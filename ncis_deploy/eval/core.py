@@ -26,7 +26,7 @@ from ncis_deploy.doctor import cpu_isa, cpu_model
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import Classifier, load_classifier
-from ncis_deploy.eval.dataset import EvalSet, bundled, check_labels, from_folder
+from ncis_deploy.eval.dataset import EvalSet, bundled, check_labels, from_folder, subset_index
 from ncis_deploy.eval.report import Shown, check_destinations, choose_shown, eight_bit, round_adversarial, write_outputs
 
 log = logging.getLogger("ncis_deploy")
@@ -158,11 +158,6 @@ def confident_crops(ds: EvalSet, clf: Classifier, p: float, batch: int) -> EvalS
         raise UserError(f"no crop has a clean top-1 probability >= {p:g} (highest {probs.max():.2f}); lower "
                         f"--min-confidence or raise --crops")
     return ds.select(idx, f"{ds.source}, the {idx.numel()} of {len(ds)} with clean top-1 probability >= {p:g}")
-
-
-def subset_index(n: int, k: int) -> torch.Tensor:
-    """k indices spread evenly over range(n) (the same rule as EvalSet.subset)."""
-    return torch.arange(n) if k >= n else torch.linspace(0, n - 1, k).round().long()
 
 
 def _fmt_eps(e: float, norm: str = "linf") -> str:

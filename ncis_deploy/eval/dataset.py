@@ -25,6 +25,11 @@ from ncis_deploy.data import bundled_photos, list_images, load_image
 from ncis_deploy.errors import UserError
 
 
+def subset_index(n: int, k: int) -> torch.Tensor:
+    """k indices spread evenly over range(n): the rule of :meth:`EvalSet.subset` and of the adaptive attack's images."""
+    return torch.arange(n) if k >= n else torch.linspace(0, n - 1, k).round().long()
+
+
 @dataclass
 class EvalSet:
     images: torch.Tensor  # [N, 3, size, size] in [0, 1]
@@ -40,7 +45,7 @@ class EvalSet:
         """n images spread over the whole set (not the first n: those would all be crops of the same photos)."""
         if n >= len(self):
             return self
-        return self.select(torch.linspace(0, len(self) - 1, n).round().long())  # = core.subset_index
+        return self.select(subset_index(len(self), n))
 
     def select(self, idx: torch.Tensor, source: str | None = None) -> "EvalSet":
         return EvalSet(self.images[idx], None if self.labels is None else self.labels[idx],
