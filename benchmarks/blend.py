@@ -30,10 +30,11 @@ from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched
 from ncis_deploy.fileio import write_json
-from ncis_deploy.model.purifier import load_purifier
+from ncis_deploy.eval.sweep import DEFAULT_EPS
+from ncis_deploy.model.purifier import PRESETS, load_purifier
 
 LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-NCIS_GS = {"type": "gs", "kernel_size": 5, "sigma": 1.0, "iterations": 3}  # the ncis preset's GS stage
+NCIS_GS = dict(PRESETS["ncis"].stages[0])  # the ncis preset's GS stage (k5 σ1 T3), asked of the preset
 GS_ONLY = {"gs (k5 σ1 T3)": [NCIS_GS],
            "gs k5 σ1 T4": [NCIS_GS | {"iterations": 4}],
            "gs k5 σ2 T2": [NCIS_GS | {"sigma": 2.0, "iterations": 2}]}
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     o = EvalOptions(crops=a.crops)  # the eval's own set and PGD settings, asked rather than restated
     ds = load_eval_set(o, clf)
     x, y = ds.images, ds.labels
-    adv = A.pgd(net, x, y, 8 / 255, o.steps, seed=o.seed, batch=o.batch).x_adv  # = eval's purifier-blind pgd
+    adv = A.pgd(net, x, y, DEFAULT_EPS[0], o.steps, seed=o.seed, batch=o.batch).x_adv  # = the sweep's PGD (8/255)
 
     def score(clean: torch.Tensor, robust: torch.Tensor) -> dict:
         return {"clean": float((clf.predict(clean, 8) == y).float().mean()),

@@ -35,6 +35,7 @@ from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched
 from ncis_deploy.eval.dataset import bundled
+from ncis_deploy.eval.sweep import DEFAULT_EPS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import mean4
 from ncis_deploy.model.purifier import load_purifier
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     o = EvalOptions(crops=8)  # the eval's own set and PGD settings, asked rather than restated
     ds = load_eval_set(o, clf)
     y = ds.labels
-    adv = A.pgd(net, ds.images, y, 8 / 255, o.steps, seed=o.seed, batch=o.batch).x_adv  # = eval's purifier-blind pgd
+    adv = A.pgd(net, ds.images, y, DEFAULT_EPS[0], o.steps, seed=o.seed, batch=o.batch).x_adv  # = the sweep's (8/255)
     conf = F.softmax(clf.logits(ds.images, 8), 1).max(1).values
     hold = torch.tensor([n.split("#")[0] in ("china", "flower") for n in ds.names])
     masks = {"all": torch.ones_like(hold), "train_photos": ~hold, "holdout_photos": hold,
