@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ncis_deploy.data import ImageSet
+from ncis_deploy.data import BUNDLED_HOLDOUT, ImageSet
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched
+from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched, top1_probability
 from ncis_deploy.eval.dataset import bundled
 from ncis_deploy.eval.sweep import DEFAULT_EPS
 from ncis_deploy.fileio import write_json
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     ds = load_eval_set(o, clf)
     y = ds.labels
     adv = A.pgd(net, ds.images, y, DEFAULT_EPS[0], o.steps, seed=o.seed, batch=o.batch).x_adv  # = the sweep's (8/255)
-    conf = F.softmax(clf.logits(ds.images, 8), 1).max(1).values
-    hold = torch.tensor([n.split("#")[0] in ("china", "flower") for n in ds.names])
+    conf = top1_probability(clf, ds.images, 8)
+    hold = torch.tensor([n.split("#")[0] in BUNDLED_HOLDOUT for n in ds.names])
     masks = {"all": torch.ones_like(hold), "train_photos": ~hold, "holdout_photos": hold,
              "confident": conf >= CONFIDENT}
 

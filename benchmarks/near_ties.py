@@ -21,7 +21,7 @@ import torch
 
 from ncis_deploy.doctor import cpu_record
 from ncis_deploy.eval.classifiers import load_classifier
-from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched
+from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched, top1_probability
 from ncis_deploy.eval.report import eight_bit
 from ncis_deploy.fileio import atomic_path, write_json
 from ncis_deploy.model.purifier import load_purifier
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     o = EvalOptions(crops=8)  # the sweep's 88 crops; the rest of the set and batch as the eval has them
     ds = load_eval_set(o, clf)
     x, y = ds.images, ds.labels
-    conf = torch.softmax(clf.logits(x, o.batch).float(), 1).max(1).values
+    conf = top1_probability(clf, x, o.batch)
     sure = conf >= CONFIDENT
 
     def agree(z: torch.Tensor) -> torch.Tensor:

@@ -148,11 +148,16 @@ def load_eval_set(o: EvalOptions, clf: Classifier) -> EvalSet:
     return ds
 
 
+def top1_probability(clf: Classifier, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """The classifier's softmax probability of its own top-1 on each image: how sure it is (near-ties sit low)."""
+    return torch.softmax(clf.logits(x, batch).float(), 1).max(1).values
+
+
 def confident_crops(ds: EvalSet, clf: Classifier, p: float, batch: int) -> EvalSet:
     """The crops whose undefended clean top-1 probability is >= p. Agreement on near-ties (half the bundled crops
     sit below 0.33) flips with any change of the image; this asks what a purifier does where the classifier has an
     opinion. Chosen on the clean image only, so no purifier or attack is favoured."""
-    probs = torch.softmax(clf.logits(ds.images, batch).float(), 1).max(1).values
+    probs = top1_probability(clf, ds.images, batch)
     idx = torch.nonzero(probs >= p).flatten()
     if idx.numel() == 0:
         raise UserError(f"no crop has a clean top-1 probability >= {p:g} (highest {probs.max():.2f}); lower "
