@@ -1,11 +1,11 @@
 """CPU latency of the INT8 purifier (``export --int8``) against the FP32 one, interleaved in one run.
 
-    python benchmarks/int8_cpu.py [--export DIR] [--size 224] [--batches 1 8] [--rounds 10]
+    python benchmarks/int8_cpu.py [--export DIR] [--forms fast accurate] [--size 224] [--batches 1 8] [--rounds 10]
 
-Exports the ``ncis`` preset with ``--int8`` (or reads ``--export DIR``), then times, round after round in turn:
-ONNX Runtime CPU on purifier.onnx (FP32) and on purifier_int8.onnx (through the package's session, i.e. the
-lossless uint8 re-encoding ORT's x86 kernels need), and OpenVINO's CPU plugin on both (f32, int8, and bf16 where the
-CPU has it natively). Every speed-up is the median over rounds of FP32-ORT time / that backend's time in the same
+Exports the ``ncis`` preset with ``--int8`` once per ``--int8-form`` in ``--forms`` (or reads ``--export DIR``, one
+form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on each
+purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need), and
+OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the median over rounds of FP32-ORT time / that backend's time in the same
 round, so load that changes during the run (these machines are shared) hits both sides. ORT's thread pools do not
 spin between runs here: a spinning pool of one session would steal the cores of the next one.
 
@@ -27,6 +27,7 @@ import numpy as np
 from ncis_deploy import doctor
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
 from ncis_deploy.exporters.pipeline import ExportOptions, export, versions
+from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.runners.onnxruntime import open_session
 
@@ -39,14 +40,15 @@ def ort_backend(path: Path, threads: int):
     return lambda x: s.run(None, {name: x})[0]
 
 
-def openvino_backends(fp32: Path, int8: Path, threads: int) -> dict:
+def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
     try:
         import openvino as ov
     except ImportError:
         print("openvino is not installed: OpenVINO rows skipped", file=sys.stderr)
         return {}
     core = ov.Core()
-    todo = [("openvino f32", fp32, "f32"), ("openvino int8", int8, "f32")]  # int8 comes from the Q/DQ, f32 elsewhere
+    # int8 comes from the Q/DQ, f32 elsewhere
+    todo = [("openvino f32", fp32, "f32")] + [(f"openvino int8/{form}", p, "f32") for form, p in int8.items()]
     if "bf16" in doctor.native_precisions():
         todo.append(("openvino bf16", fp32, "bf16"))
     out = {}
@@ -74,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export", type=Path, default=None, help="an export with purifier_int8.onnx (default: export "
                                                                "the ncis preset with --int8 into a temporary folder)")
+    ap.add_argument("--forms", nargs="+", choices=list(INT8_FORMS), default=list(INT8_FORMS),
+                    help="--int8-form of each export (without --export)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--rounds", type=int, default=10, help="timed rounds per batch size (each runs every backend)")
@@ -83,17 +87,22 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        d = args.export
-        if d is None:
-            d = Path(tmp) / "export"
-            print(f"exporting ncis at {args.size}x{args.size} with --int8 ...", file=sys.stderr)
-            export(ExportOptions(out=str(d), height=args.size, width=args.size, int8=True, tensorrt=False),
-                   progress=lambda m: print(f"  {m}", file=sys.stderr))
-        ex = open_export(d)
-        fp32, int8 = ex.path(ONNX), ex.path(ONNX_INT8)
-        h, w = ex.input_shape[2:]
-        backends = {"onnxruntime fp32": ort_backend(fp32, args.threads),
-                    "onnxruntime int8": ort_backend(int8, args.threads)}
+        if args.export is not None:
+            exports = [open_export(args.export)]
+        else:
+            exports = []
+            for form in args.forms:
+                d = Path(tmp) / form
+                print(f"exporting ncis at {args.size}x{args.size} with --int8 --int8-form {form} ...", file=sys.stderr)
+                export(ExportOptions(out=str(d), height=args.size, width=args.size, int8=True, int8_form=form,
+                                     tensorrt=False), progress=lambda m: print(f"  {m}", file=sys.stderr))
+                exports.append(open_export(d))
+        forms = {ex.int8_form: ex for ex in exports}
+        fp32 = exports[0].path(ONNX)
+        int8 = {form: ex.path(ONNX_INT8) for form, ex in forms.items()}
+        h, w = exports[0].input_shape[2:]
+        backends = {"onnxruntime fp32": ort_backend(fp32, args.threads)}
+        backends |= {f"onnxruntime int8/{form}": ort_backend(p, args.threads) for form, p in int8.items()}
         if not args.no_openvino:
             backends |= openvino_backends(fp32, int8, args.threads)
         load_before = os.getloadavg()
@@ -104,19 +113,22 @@ def main() -> None:
             ref = times["onnxruntime fp32"]
             for k, t in times.items():
                 backend, precision = k.split()
+                precision, _, form = precision.partition("/")
                 rows.append({"backend": backend, "precision": precision, "batch": b,
+                             **({"int8_form": form} if form else {}),
                              "ms_per_batch_median": round(1e3 * statistics.median(t), 1),
                              "ms_per_batch_min": round(1e3 * min(t), 1),
                              "images_per_s": round(b / statistics.median(t), 2),
                              "speedup_vs_onnxruntime_fp32": round(statistics.median(
                                  [r / v for r, v in zip(ref, t)]), 2), "rounds": len(t)})
-                print(f"batch {b}  {k:18s} {rows[-1]['ms_per_batch_median']:8.1f} ms  "
+                print(f"batch {b}  {k:27s} {rows[-1]['ms_per_batch_median']:8.1f} ms  "
                       f"{rows[-1]['images_per_s']:6.2f} img/s  x{rows[-1]['speedup_vs_onnxruntime_fp32']:.2f}")
         report = {"machine": doctor.cpu_record(), "load_average_1min": [load_before[0], os.getloadavg()[0]],
                   "versions": versions() | {"openvino": _ov_version()}, "input": [h, w], "threads": args.threads,
                   "results": rows,
-                  "int8_quality_vs_fp32": {k: v for k, v in ex.manifest["parity"]["int8"].items() if k != "cases"},
-                  "int8_artifact": ex.artifacts[ONNX_INT8]["quantization"],
+                  "int8_quality_vs_fp32": {form: {k: v for k, v in ex.manifest["parity"]["int8"].items()
+                                                  if k != "cases"} for form, ex in forms.items()},
+                  "int8_artifact": {form: ex.artifacts[ONNX_INT8]["quantization"] for form, ex in forms.items()},
                   "method": "interleaved rounds, order alternating; speed-up = median over rounds of the FP32 ORT "
                             "time / the backend's time in the same round; ORT thread pools not spinning"}
     write_json(args.out, report)

@@ -137,6 +137,6 @@ def test_int8_backends_from_an_int8_export(tinymod, tmp_path):
                                export_dir=str(ex)))
     for label in ("openvino:int8", "onnxruntime:int8"):
         row = _rows(rep, label)["ncis"]
-        assert row["artifact"]["file"] == str(ex / "purifier_int8.onnx")
+        assert row["artifact"]["file"] == str(ex / "purifier_int8.onnx") and row["artifact"]["int8_form"] == "fast"
         assert row["psnr_db_min"] > 20 and {s["attack"] for s in row["sets"]} == {"clean", "pgd"}
     assert _rows(rep, "openvino:int8")["ncis"]["runner"]["precision"] == "int8"

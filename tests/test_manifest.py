@@ -88,6 +88,7 @@ def test_open_export_checks_format_and_hashes(tmp_path, tiny_export):
     assert ex.artifact_for("openvino") == ex.artifact_for("openvino", "bf16") == tiny_export / ONNX
     with pytest.raises(UserError, match=f"no {manifest.ONNX_INT8} .*ncis-deploy export --int8"):
         ex.artifact_for("openvino", "int8")  # the quantized artifact, never the float one under an int8 label
+    assert ex.int8_form is None  # no int8 artifact, no form
     with pytest.raises(UserError, match="backend must be one of"):
         ex.artifact_for("torch")
 

@@ -100,6 +100,41 @@ def test_int8_graph_is_explicit_qdq_in_tensorrt_form(small):
     assert qz.structure(d)["float_convs"] == len(floats) and qz.structure(d)["int8_convs"] > 0
 
 
+def test_accurate_form_rounds_only_what_convs_read(small):
+    m, amax = small
+    fast, acc = (qz.quantize_with(m, amax, float_layers=0, form=f) for f in ("fast", "accurate"))
+    onnx.checker.check_model(acc, full_check=True)
+    check_tensorrt_compatible(acc)
+    producer, inits = _by_output(acc), _inits(acc)
+    readers = {}
+    for n in acc.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    convs = [n for n in acc.graph.node if n.op_type == "Conv" and not n.name.startswith("mean4")]
+    for n in convs:  # every BSN conv int8 in, float out
+        x, w = producer[n.input[0]], producer[n.input[1]]
+        assert x.op_type == "DequantizeLinear" and inits[x.input[1]].size == 1, n.name
+        assert w.op_type == "DequantizeLinear" and inits[w.input[0]].dtype == np.int8, n.name
+        assert all(r.op_type != "QuantizeLinear" for r in readers.get(n.output[0], [])), n.name
+    quantized = {n.input[0] for n in acc.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {producer[n.input[0]].input[0].removesuffix("@q") for n in convs}  # nothing else rounds
+    ops = [n.op_type for n in acc.graph.node]
+    assert "LeakyRelu" not in ops and ops.count("PRelu") == sum(n.op_type == "PRelu" for n in m.graph.node)
+    assert ops.count("QuantizeLinear") < [n.op_type for n in fast.graph.node].count("QuantizeLinear") / 2
+    s = qz.structure(acc)
+    assert s["int8_form"] == "accurate" and s["int8_convs"] == len(convs) and "PRelu" not in s["form"]
+    assert qz.structure(fast)["int8_form"] == "fast"
+    # closer to FP32 than the fast form on the hold-out photos, blind spot and zero taps intact
+    cases = qz.holdout_cases(H, W)
+    err = {f: qz.quality_report(m.SerializeToString(), q.SerializeToString(), cases)["psnr_db"]
+           for f, q in (("fast", fast), ("accurate", acc))}
+    assert err["accurate"] > err["fast"] + 0.5, err  # this tiny random BSN: +0.7 dB; the shipped one: +5 dB
+    assert qz.masked_taps_report(m, acc)["all_still_zero"]
+    assert qz.blind_spot_report(acc, H, W)["max_abs_change_at_pixel"] == 0.0
+    with pytest.raises(ValueError, match="unknown INT8 form"):
+        qz.quantize_with(m, amax, form="fastest")
+
+
 def test_masked_taps_stay_exactly_zero(small):
     m, amax = small
     q = qz.quantize_with(m, amax, float_layers=0)
@@ -215,12 +250,35 @@ def test_export_int8_writes_artifact_and_manifest_entry(tmp_path):
     assert p["reference"].startswith("fp32") and len(p["cases"]) == 2 and p["max_abs"] < 0.05
     assert p["psnr_db"] >= qz.PSNR_TARGET_DB and p["meets_psnr_target"] is True
     assert p["blind_spot"]["max_abs_change_at_pixel"] == 0.0 and p["masked_taps"]["all_still_zero"]
-    assert "int8 vs fp32" in r.output and "target 45 dB: met" in r.output
+    assert "int8 (fast), 2 hold-out cases" in r.output and "target 45 dB: met" in r.output
+    assert a["quantization"]["int8_form"] == qz.DEFAULT_INT8_FORM == "fast" == ex.int8_form
+    m = json.loads((out / "manifest.json").read_text())  # an export made before --int8-form: its form was "fast"
+    next(x for x in m["artifacts"] if x["file"] == ONNX_INT8)["quantization"].pop("int8_form")
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert open_export(out).int8_form == "fast"
     # the artifact runs where the manifest says, and is what OpenVINO's int8 precision opens
     assert ex.artifact_for("openvino", "int8") == out / ONNX_INT8
     x = qz.holdout_cases(32, 32)[0][1]
     with make_runner("onnxruntime", ex.path(ONNX_INT8)) as r8, make_runner("onnxruntime", ex.path(ONNX)) as r32:
         assert np.abs(r8.infer(x) - r32.infer(x)).max() == pytest.approx(p["cases"][0]["max_abs"], rel=1e-6)
+
+
+def test_export_int8_accurate_form_is_recorded(tmp_path):
+    bsn_only(layers=5).save(tmp_path / "p")
+    out = tmp_path / "e"
+    r = run("export", "--config", tmp_path / "p", "--out", out, "--height", 32, "--width", 32, "--int8",
+            "--int8-form", "accurate", "--no-tensorrt")
+    assert r.exit_code == 0, r.output
+    ex = open_export(out)
+    q = ex.artifacts[ONNX_INT8]["quantization"]
+    # float: layers 1-3 and mean4; int8: layers 4-5 (2 convs each), 6 residual blocks x 2, the head; no PRelu split
+    assert q["int8_form"] == "accurate" == ex.int8_form and q["placement"] == qz.INT8_FORMS["accurate"]
+    assert q["float_convs"] == 1 + 3 + 2 + 1 and q["int8_convs"] == 2 * 2 + 6 * 2 + 1
+    assert "int8 (accurate), 2 hold-out cases" in r.output
+    model = onnx.load(ex.path(ONNX_INT8))
+    assert {p.key: p.value for p in model.metadata_props}["ncis_deploy.int8_form"] == "accurate"
+    p = ex.manifest["parity"]["int8"]
+    assert p["meets_psnr_target"] and p["blind_spot"]["max_abs_change_at_pixel"] == 0.0
 
 
 def test_bad_calibration_folder_is_one_line_and_writes_nothing(tmp_path):
@@ -237,6 +295,9 @@ def test_bad_calibration_folder_is_one_line_and_writes_nothing(tmp_path):
         assert_user_error(run("export", "--int8", "--calibration", folder, "--out", out, "--height", 16, "--width", 16),
                           "--calibration", words)
     assert_user_error(run("export", "--calibration", empty, "--out", out), "only used with --int8")
+    assert_user_error(run("export", "--int8-form", "accurate", "--out", out), "--int8-form", "only used with --int8")
+    r = run("export", "--int8", "--int8-form", "exact", "--out", out)  # click's own usage error
+    assert r.exit_code == 2 and "Invalid value for '--int8-form'" in r.output and "Traceback" not in r.output
     assert_user_error(run("export", "--int8", "--preset", "gs", "--out", out), "--int8", "has none")
     assert_user_error(run("export", "--int8", "--smoothing", "plugin", "--out", out), "--smoothing matmul")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.png", "junk"]

@@ -381,7 +381,8 @@ def _int8_onnx(spec: BackendSpec, src: Source) -> Path:
                         f"--preset {src.preset} --int8 --height {src.height} --width {src.width} --out DIR, then "
                         "ncis-deploy bench DIR")
     path = src.export.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {src.export_dir}")
-    src.artifacts[spec.label] = {"file": str(path), "sha256": src.export.artifacts[ONNX_INT8]["sha256"]}
+    src.artifacts[spec.label] = {"file": str(path), "sha256": src.export.artifacts[ONNX_INT8]["sha256"],
+                                 "int8_form": src.export.int8_form}
     return path
 
 

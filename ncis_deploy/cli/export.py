@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from ncis_deploy.cli import default_help, given, purifier_options, resolve_purifier_source, user_errors, write_outputs
-from ncis_deploy.exporters.manifest import MANIFEST
+from ncis_deploy.exporters.manifest import MANIFEST, ONNX_INT8
 from ncis_deploy.exporters.pipeline import ExportOptions, parse_batch
 from ncis_deploy.exporters.pipeline import export as run_export
+from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.exporters.tensorrt import DEFAULT_TIMING_CACHE
 
 OPTIONS = ExportOptions  # where this command's defaults live
@@ -43,6 +44,12 @@ _d = default_help(OPTIONS)
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="--int8: a folder of photos to calibrate on (at most 16 are used) [default: the bundled training "
                    "photos].")
+@click.option("--int8-form", type=click.Choice(list(INT8_FORMS)), default=None,
+              help="--int8: where Q/DQ goes. fast = every BSN tensor int8, the PReLUs split into int8 kernels (the "
+                   "fastest on ONNX Runtime and OpenVINO CPU; error about that of rounding the output to 8 bits); "
+                   "accurate = Q/DQ only on the int8 convolutions' inputs (TensorRT's recommended placement; about "
+                   "5 dB closer to FP32, as close as bf16, but slower on the CPU runtimes: docs/export.md)."
+                   + _d("int8_form"))
 @click.option("--tensorrt/--no-tensorrt", default=None,
               help="Build a TensorRT engine. Default: when tensorrt imports and a GPU is present.")
 @click.option("--version-compatible", is_flag=True, default=None,
@@ -78,13 +85,13 @@ _d = default_help(OPTIONS)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the manifest here.")
 @user_errors
 def export(preset, config_path, weights, out, height, width, dynamic_hw, batch, opset, fp16, int8, calibration,
-           tensorrt, version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std,
+           int8_form, tensorrt, version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std,
            smoothing, plugin_lib, triton, triton_instances, triton_queue_delay_us, json_path):
     opts = ExportOptions(**given(
         source=resolve_purifier_source(preset, config_path, weights), weights=str(weights) if weights else None,
         out=str(out) if out else None, height=height, width=width, dynamic_hw=dynamic_hw,
         batch=parse_batch(batch) if batch is not None else None, opset=opset, fp16=fp16, int8=int8,
-        calibration=str(calibration) if calibration else None, tensorrt=tensorrt,
+        calibration=str(calibration) if calibration else None, int8_form=int8_form, tensorrt=tensorrt,
         version_compatible=version_compatible, workspace_gib=workspace_gib,
         timing_cache=str(timing_cache) if timing_cache else None, classifier=str(classifier) if classifier else None,
         classifier_mean=tuple(classifier_mean) if classifier_mean else None,
@@ -111,9 +118,10 @@ def render_manifest(m: dict, out: Path) -> str:
     if "int8" in m["parity"]:
         p = m["parity"]["int8"]
         verdict = "met" if p["meets_psnr_target"] else "MISSED"
-        lines.append(f"{'int8 vs fp32, ' + str(len(p['cases'])) + ' hold-out cases':<34} {p['max_abs']:>10.2e}  "
-                     f"PSNR {p['psnr_db']:.1f} dB (target {p['psnr_target_db']:g} dB: {verdict}); blind spot and "
-                     f"masked taps intact")
+        form = next(a["quantization"]["int8_form"] for a in m["artifacts"] if a["file"] == ONNX_INT8)
+        lines.append(f"{'int8 (' + form + '), ' + str(len(p['cases'])) + ' hold-out cases':<34} "
+                     f"{p['max_abs']:>10.2e}  PSNR {p['psnr_db']:.1f} dB (target {p['psnr_target_db']:g} dB: "
+                     f"{verdict}); blind spot and masked taps intact")
         if "classifier_top1_agreement" in p:
             c = p["classifier_top1_agreement"]
             lines.append(f"{'int8 classifier top-1 vs fp32':<34} {c['agreement']:>10.1%}  ({c['images']} images)")

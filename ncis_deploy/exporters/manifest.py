@@ -192,6 +192,14 @@ class Export:
     def max_batch(self) -> int:
         return int(self.options.get("batch", [1, 8, 32])[2])
 
+    @property
+    def int8_form(self) -> str | None:
+        """Where the INT8 artifact puts its Q/DQ (``export --int8-form``), None without one; exports made before the
+        option have the "fast" placement and do not name it."""
+        if ONNX_INT8 not in self.artifacts:
+            return None
+        return self.artifacts[ONNX_INT8].get("quantization", {}).get("int8_form", "fast")
+
     def has(self, name: str) -> bool:
         return name in self.artifacts and (self.dir / name).is_file()
 

@@ -25,6 +25,7 @@ from ncis_deploy.exporters import plugin_ref
 from ncis_deploy.exporters.manifest import (DEFAULT_DIR, ENGINE, ONNX, ONNX_CLASSIFIER, ONNX_FP16, ONNX_INT8,
                                             ExportWriter, check_out, new_manifest, sha256_file, staged_export)
 from ncis_deploy.exporters.classifier import load_classifier, merge_classifier
+from ncis_deploy.exporters.quantize import DEFAULT_INT8_FORM, INT8_FORMS
 from ncis_deploy.exporters.parity import (FP32_TOLERANCE, bsn_tap_report, check_parity, classifier_agreement,
                                           parity_inputs, reference_parity)
 from ncis_deploy.model.purifier import DEFAULT_PRESET, load_purifier
@@ -45,6 +46,7 @@ class ExportOptions:
     fp16: bool = False
     int8: bool = False  # also write an INT8 ONNX with explicit Q/DQ (exporters/quantize.py)
     calibration: str | None = None  # --int8 calibration image folder; None: the bundled training photos
+    int8_form: str = DEFAULT_INT8_FORM  # where --int8 puts Q/DQ: quantize.INT8_FORMS
     tensorrt: bool | None = None  # None: build an engine when TensorRT and a GPU are usable
     version_compatible: bool = False
     workspace_gib: float = 4.0
@@ -240,6 +242,10 @@ def _check_int8_options(opts: ExportOptions, plugin: bool, purifier):
     """Validate --int8 / --calibration and load the calibration images (a bad folder fails here, before any work)."""
     if opts.calibration is not None and not opts.int8:
         raise UserError("--calibration is only used with --int8")
+    if opts.int8_form != DEFAULT_INT8_FORM and not opts.int8:
+        raise UserError("--int8-form is only used with --int8")
+    if opts.int8_form not in INT8_FORMS:
+        raise UserError(f"--int8-form {opts.int8_form!r} is not one of {', '.join(INT8_FORMS)}")
     if not opts.int8:
         return None
     if plugin:
@@ -260,8 +266,9 @@ def _write_int8(job: _Job, writer: ExportWriter) -> None:
     from ncis_deploy.exporters.gate import check_tensorrt_compatible
 
     o, manifest = job.opts, writer.manifest
-    job.say(f"INT8 ONNX: calibrating on {job.calibration.source}, writing explicit Q/DQ, checking it against FP32")
-    m8 = quantize.quantize(job.model, job.calibration)
+    job.say(f"INT8 ONNX: calibrating on {job.calibration.source}, writing explicit Q/DQ (form {o.int8_form}), "
+            "checking it against FP32")
+    m8 = quantize.quantize(job.model, job.calibration, form=o.int8_form)
     onnx.checker.check_model(m8, full_check=True)
     check_tensorrt_compatible(m8)
     data = _save(writer, ONNX_INT8, m8)

@@ -6,7 +6,13 @@ That is the one INT8 form TensorRT 10.1+/11 accepts (no int32 or uint8 Q/DQ, no 
 into FakeQuantize, and the one ONNX Runtime's CPU EP fuses into QLinear* kernels once re-encoded losslessly in uint8
 (:func:`ncis_deploy.runners.onnxruntime.cpu_qdq_form`, applied by every ORT CPU session the package opens).
 
-What runs in int8, and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on ORT: the float
+Two placements (``INT8_FORMS``, ``export --int8-form``): "fast", the default, described below, and "accurate": the
+same convolutions in int8 but Q/DQ only on their inputs (the placement TensorRT's documentation recommends), PRelu,
+adds and scalings in float. Every quantized tensor rounds, and "fast" rounds about five per layer where "accurate"
+rounds the three a layer's convolutions read: 58.9 vs 64.0 dB against FP32 on the hold-out photos, but ONNX Runtime
+runs "accurate" slower than FP32 (float ops between every pair of int8 convs) and OpenVINO ≈ 1.3x slower than "fast".
+
+What runs in int8 in form "fast", and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on ORT: the float
 PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 70 times):
 
 * BSN convolutions: int8 in and out; biases stay float (TensorRT dequantizes no int32; ORT quantizes a float bias
@@ -57,6 +63,17 @@ CALIBRATION_MAX_IMAGES = 16  # a folder's images are spread over this many; the 
 PSNR_TARGET_DB = LOW_PRECISION_PSNR_DB
 
 FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the module docstring
+
+# Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, an AMD EPYC
+# (avx512_bf16/vnni, no AMX; benchmarks/results/int8-cpu.json): "fast" 58.9 dB vs FP32, ORT 1.53x and OpenVINO 2.15x
+# ORT FP32; "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.69x. docs/export.md has the rest.
+INT8_FORMS = {
+    "fast": "every BSN tensor from the fourth masked layer on is int8, PRelu split into int8 kernels, so the CPU "
+            "runtimes fuse the whole chain; about the error of rounding the output to 8 bits",
+    "accurate": "Q/DQ only on the inputs of the int8 convolutions (TensorRT's recommended placement); PRelu, the "
+                "adds and scalings stay float, so only what a convolution reads is rounded; slower on CPU runtimes",
+}
+DEFAULT_INT8_FORM = "fast"
 
 # Name hints of the FP32 builder (exporters/onnx.py): which convs are the baseline, the head, and the masked layers
 # (a layer starts at its first conv: bsn_conv for layer 1, bsn_centre for the others).
@@ -295,13 +312,20 @@ def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
     return out
 
 
-def int8_plan(model: onnx.ModelProto, float_conv_names: set[str]) -> tuple[set[str], set[str]]:
+def int8_plan(model: onnx.ModelProto, float_conv_names: set[str],
+              form: str = DEFAULT_INT8_FORM) -> tuple[set[str], set[str]]:
     """(names of the nodes that run in int8, names of the tensors that are quantized).
 
-    A conv runs in int8 unless named in ``float_conv_names``; an elementwise op (Add, Mul, PRelu, LeakyRelu) runs in
-    int8 when one of its inputs comes out of an int8 op (a float input is quantized on the way in), so float stays
-    confined to the float convs and what only they feed. The head conv takes int8 in and gives float out.
+    A conv runs in int8 unless named in ``float_conv_names``. Form "fast": an elementwise op (Add, Mul, PRelu,
+    LeakyRelu) runs in int8 when one of its inputs comes out of an int8 op (a float input is quantized on the way
+    in), so float stays confined to the float convs and what only they feed; the head conv takes int8 in and gives
+    float out. Form "accurate": only the int8 convs' activation inputs are quantized, every conv output is float.
     """
+    if form not in INT8_FORMS:
+        raise ValueError(f"unknown INT8 form {form!r}; one of {', '.join(INT8_FORMS)}")
+    if form == "accurate":
+        convs = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in float_conv_names}
+        return convs, {n.input[0] for n in model.graph.node if n.name in convs}
     inits = _inits(model)
     nodes, int8_out = set(), set()
     for n in model.graph.node:  # topological order: an op's inputs are classified before it
@@ -363,8 +387,10 @@ def _factor(mul: onnx.NodeProto, inits) -> float | None:
     return c if c is not None and c > 0 and sum(v is None for v in consts) == 1 else None
 
 
-def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names: set[str]) -> onnx.ModelProto:
-    """Explicit Q/DQ around every int8 op of a split-PRelu graph (:func:`int8_plan`), one DQ per reader.
+def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names: set[str],
+               form: str = DEFAULT_INT8_FORM) -> onnx.ModelProto:
+    """Explicit Q/DQ around every int8 op of a (for form "fast": split-PRelu) graph (:func:`int8_plan`), one DQ per
+    reader.
 
     A quantized tensor made by a float op keeps its float value for its float readers; only int8 readers see it
     through Q/DQ.
@@ -373,7 +399,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names:
     m.CopyFrom(model)
     g = m.graph
     inits = _inits(m)
-    int8_nodes, tensors = int8_plan(m, float_conv_names)
+    int8_nodes, tensors = int8_plan(m, float_conv_names, form)
     made_in_int8 = {o for n in g.node if n.name in int8_nodes for o in n.output}
     scales = _tensor_scales(m, tensors, amax)
     new_inits: list[onnx.TensorProto] = [numpy_helper.from_array(np.array(0, np.int8), "zero_i8")]
@@ -434,24 +460,24 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names:
     return m
 
 
-def quantize(fp32: onnx.ModelProto, calibration: Calibration, *,
-             float_layers: int = FLOAT_MASKED_LAYERS) -> onnx.ModelProto:
-    """The INT8 graph of an FP32 purifier graph (from :func:`ncis_deploy.exporters.onnx.build_onnx`)."""
+def quantize(fp32: onnx.ModelProto, calibration: Calibration, *, float_layers: int = FLOAT_MASKED_LAYERS,
+             form: str = DEFAULT_INT8_FORM) -> onnx.ModelProto:
+    """The INT8 graph of an FP32 purifier graph (from :func:`ncis_deploy.exporters.onnx.build_onnx`), Q/DQ placed
+    as ``form`` says (:data:`INT8_FORMS`)."""
     amax = ranges(fp32, calibration.batches)
-    return quantize_with(fp32, amax, float_layers=float_layers)
+    return quantize_with(fp32, amax, float_layers=float_layers, form=form)
 
 
-def quantize_with(fp32: onnx.ModelProto, amax: dict[str, float], *,
-                  float_layers: int = FLOAT_MASKED_LAYERS) -> onnx.ModelProto:
+def quantize_with(fp32: onnx.ModelProto, amax: dict[str, float], *, float_layers: int = FLOAT_MASKED_LAYERS,
+                  form: str = DEFAULT_INT8_FORM) -> onnx.ModelProto:
     """:func:`quantize` with ranges already measured (:func:`ranges`)."""
     floats = float_convs(fp32, float_layers)
-    int8_nodes, _ = int8_plan(fp32, floats)
+    int8_nodes, _ = int8_plan(fp32, floats, form)
     split = split_prelu(fp32, only={n.name for n in fp32.graph.node if n.op_type == "PRelu" and n.name in int8_nodes})
-    m = insert_qdq(split, amax, floats)
+    m = insert_qdq(split, amax, floats, form)
     props = {p.key: p.value for p in m.metadata_props}
-    props.update({"ncis_deploy.precision": "int8", "ncis_deploy.int8_form":
-                  f"explicit Q/DQ, int8 symmetric (zero point 0), weights per channel, PRelu split; "
-                  f"first {float_layers} masked layers float"})
+    props.update({"ncis_deploy.precision": "int8", "ncis_deploy.int8_form": form,
+                  "ncis_deploy.int8_float_masked_layers": str(float_layers)})
     del m.metadata_props[:]
     helper.set_model_props(m, props)
     return m
@@ -462,10 +488,14 @@ def structure(model: onnx.ModelProto) -> dict:
     producer = {o: n for n in model.graph.node for o in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     int8 = [n for n in convs if n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"]
-    return {"form": "explicit QuantizeLinear/DequantizeLinear, int8, zero point 0; weights symmetric per output "
-                    f"channel in [-{WEIGHT_MAX}, {WEIGHT_MAX}], activations symmetric per tensor; PRelu as "
-                    "y + (a-1)*min(y, 0)",
-            "float_masked_layers": FLOAT_MASKED_LAYERS, "int8_convs": len(int8), "float_convs": len(convs) - len(int8),
+    props = {p.key: p.value for p in model.metadata_props}
+    form = props["ncis_deploy.int8_form"]
+    return {"int8_form": form, "placement": INT8_FORMS[form],
+            "form": "explicit QuantizeLinear/DequantizeLinear, int8, zero point 0; weights symmetric per output "
+                    f"channel in [-{WEIGHT_MAX}, {WEIGHT_MAX}], activations symmetric per tensor"
+                    + ("; PRelu as y + (a-1)*min(y, 0)" if form == "fast" else ""),
+            "float_masked_layers": int(props["ncis_deploy.int8_float_masked_layers"]), "int8_convs": len(int8),
+            "float_convs": len(convs) - len(int8),
             **{op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}}
 
 
