@@ -5,8 +5,8 @@
 Exports the ``ncis`` preset with ``--int8`` once per ``--int8-form`` in ``--forms`` (or reads ``--export DIR``, one
 form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on each
 purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need), and
-OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the median over rounds of FP32-ORT time / that backend's time in the same
-round, so load that changes during the run (these machines are shared) hits both sides. ORT's thread pools do not
+OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the
+median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run (these machines are shared) hits both sides. ORT's thread pools do not
 spin between runs here: a spinning pool of one session would steal the cores of the next one.
 
 Writes benchmarks/results/int8-cpu.json with the CPU model and ISA flags, and the quality guards the export recorded.

@@ -12,7 +12,7 @@ from onnx import TensorProto, numpy_helper
 
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import quantize as qz
-from ncis_deploy.exporters.gate import check_tensorrt_compatible
+from ncis_deploy.exporters.gate import check_tensorrt_compatible, graph_index
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
 from ncis_deploy.exporters.onnx import build_onnx
 from ncis_deploy.model.purifier import Purifier
@@ -58,11 +58,7 @@ def test_int8_graph_is_explicit_qdq_in_tensorrt_form(small):
     q = qz.quantize_with(m, amax, float_layers=0)
     onnx.checker.check_model(q, full_check=True)
     check_tensorrt_compatible(q)
-    producer, inits = _by_output(q), _inits(q)
-    readers = {}
-    for n in q.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    (producer, readers), inits = graph_index(q.graph), _inits(q)
     # TensorRT's form: every Q/DQ int8 with zero point 0 (no uint8, no int32 bias), constant positive scales
     for n in q.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -105,11 +101,7 @@ def test_accurate_form_rounds_only_what_convs_read(small):
     fast, acc = (qz.quantize_with(m, amax, float_layers=0, form=f) for f in ("fast", "accurate"))
     onnx.checker.check_model(acc, full_check=True)
     check_tensorrt_compatible(acc)
-    producer, inits = _by_output(acc), _inits(acc)
-    readers = {}
-    for n in acc.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    (producer, readers), inits = graph_index(acc.graph), _inits(acc)
     convs = [n for n in acc.graph.node if n.op_type == "Conv" and not n.name.startswith("mean4")]
     for n in convs:  # every BSN conv int8 in, float out
         x, w = producer[n.input[0]], producer[n.input[1]]

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ncis_deploy.cli import default_help, given, purifier_options, resolve_purifier_source, user_errors, write_outputs
-from ncis_deploy.exporters.manifest import MANIFEST, ONNX_INT8
+from ncis_deploy.exporters.manifest import MANIFEST
+from ncis_deploy.exporters.manifest import int8_form as manifest_int8_form  # `export` has an int8_form option
 from ncis_deploy.exporters.pipeline import ExportOptions, parse_batch
 from ncis_deploy.exporters.pipeline import export as run_export
 from ncis_deploy.exporters.quantize import INT8_FORMS
@@ -85,8 +86,8 @@ _d = default_help(OPTIONS)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the manifest here.")
 @user_errors
 def export(preset, config_path, weights, out, height, width, dynamic_hw, batch, opset, fp16, int8, calibration,
-           int8_form, tensorrt, version_compatible, workspace_gib, timing_cache, classifier, classifier_mean, classifier_std,
-           smoothing, plugin_lib, triton, triton_instances, triton_queue_delay_us, json_path):
+           int8_form, tensorrt, version_compatible, workspace_gib, timing_cache, classifier, classifier_mean,
+           classifier_std, smoothing, plugin_lib, triton, triton_instances, triton_queue_delay_us, json_path):
     opts = ExportOptions(**given(
         source=resolve_purifier_source(preset, config_path, weights), weights=str(weights) if weights else None,
         out=str(out) if out else None, height=height, width=width, dynamic_hw=dynamic_hw,
@@ -118,8 +119,7 @@ def render_manifest(m: dict, out: Path) -> str:
     if "int8" in m["parity"]:
         p = m["parity"]["int8"]
         verdict = "met" if p["meets_psnr_target"] else "MISSED"
-        form = next(a["quantization"]["int8_form"] for a in m["artifacts"] if a["file"] == ONNX_INT8)
-        lines.append(f"{'int8 (' + form + '), ' + str(len(p['cases'])) + ' hold-out cases':<34} "
+        lines.append(f"{'int8 (' + manifest_int8_form(m) + '), ' + str(len(p['cases'])) + ' hold-out cases':<34} "
                      f"{p['max_abs']:>10.2e}  PSNR {p['psnr_db']:.1f} dB (target {p['psnr_target_db']:g} dB: "
                      f"{verdict}); blind spot and masked taps intact")
         if "classifier_top1_agreement" in p:

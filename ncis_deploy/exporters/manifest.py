@@ -194,11 +194,7 @@ class Export:
 
     @property
     def int8_form(self) -> str | None:
-        """Where the INT8 artifact puts its Q/DQ (``export --int8-form``), None without one; exports made before the
-        option have the "fast" placement and do not name it."""
-        if ONNX_INT8 not in self.artifacts:
-            return None
-        return self.artifacts[ONNX_INT8].get("quantization", {}).get("int8_form", "fast")
+        return int8_form(self.manifest)
 
     def has(self, name: str) -> bool:
         return name in self.artifacts and (self.dir / name).is_file()
@@ -231,6 +227,13 @@ class Export:
         if backend == "openvino" and precision == "int8":
             return self.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {self.dir}")
         return self.path(ONNX)
+
+
+def int8_form(manifest: dict) -> str | None:
+    """Where a manifest's INT8 artifact puts its Q/DQ (``export --int8-form``), None without one; exports made
+    before the option have the "fast" placement and do not name it."""
+    entry = next((a for a in manifest["artifacts"] if a["file"] == ONNX_INT8), None)
+    return None if entry is None else entry.get("quantization", {}).get("int8_form", "fast")
 
 
 def _check_fields(m) -> None:

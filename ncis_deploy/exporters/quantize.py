@@ -12,8 +12,8 @@ adds and scalings in float. Every quantized tensor rounds, and "fast" rounds abo
 rounds the three a layer's convolutions read: 58.9 vs 64.0 dB against FP32 on the hold-out photos, but ONNX Runtime
 runs "accurate" slower than FP32 (float ops between every pair of int8 convs) and OpenVINO ≈ 1.3x slower than "fast".
 
-What runs in int8 in form "fast", and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on ORT: the float
-PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 70 times):
+What runs in int8 in form "fast", and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on
+ORT: the float PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 70 times):
 
 * BSN convolutions: int8 in and out; biases stay float (TensorRT dequantizes no int32; ORT quantizes a float bias
   itself). Structurally zero taps quantize to exactly 0 (symmetric, zero point 0).
