@@ -52,6 +52,7 @@ def test_onnxruntime_reproduces_torch_on_clean_and_purifier_blind_images(tinymod
     assert "| ncis | torch:f32 (reference) |" in md and "| ncis | onnxruntime:f32 |" in md
     assert "| ncis | *torch:f32 as 8-bit (floor)* |" in md
     assert f"≥ {GUARDS['psnr_db']:g} dB" in md and "Guards: all pass." in md
+    assert "100.0% ✓ (all 100.0%)" in md  # worst set, then every image pooled
     json.dumps(rep)
 
 

@@ -275,6 +275,7 @@ def _cells(r: dict, names: list[str]) -> str:
     psnr = "∞ (identical)" if gd["psnr_db"]["value"] is None else f"{gd['psnr_db']['value']:.1f} dB"
     return (" | ".join(cells) + f" | {gd['delta_points']['value']:.1f} {_mark(gd['delta_points']['ok'])}"
             f" | {gd['top1_agreement']['value']:.1%} {_mark(gd['top1_agreement']['ok'])}"
+            f" (all {r['top1_agreement']:.1%})"
             f" | {psnr} {_mark(gd['psnr_db']['ok'])} | {r['max_abs']:.1e} |")
 
 
@@ -302,7 +303,7 @@ def render(section: dict, metric: str, images: int) -> list[str]:
         lines += [f"| {preset} | {r['label']} | " + _cells(r, names) for r in rows if r["preset"] == preset]
     torch_only = section.get("torch_only") or []
     notes = [f"one image = {100 / max(images, 1):.1f} points",
-             "top-1 agreement and PSNR: the worst image set"]
+             "top-1 agreement and PSNR: the worst image set (the guard), in brackets all images pooled"]
     if floor:
         notes.append("floor = the FP32 output rounded to 8 bits, as a PNG of it holds: how far the classifier moves "
                      "under an error that small")

@@ -222,6 +222,11 @@ def split_prelu(model: onnx.ModelProto, only: set[str] | None = None) -> onnx.Mo
 
 # ------------------------------------------------------------------------------------------------------- ranges
 _RANGED_OPS = ("Conv", "Add", "Mul", "PRelu", "MatMul", "Pad", "Clip")
+# Ranges are the max, not a clip of it. Tried (shipped ``ncis``, 224², form accurate): per tensor, the clip c·max
+# (c in 0.9-1) with the least mean squared rounding + clipping error on strided samples of the calibration
+# activations. Hold-out 64.0 → 64.7 dB, but on the eval's 88 crops max |error| 0.0037 → 0.0056 and top-1 flips vs FP32
+# 6 → 9-10 of 440 (22 images: 2 → 1 of 198); deeper clips (c down to 0.2, 65.4 dB) saturated colours the calibration
+# photos never reach (5/255 errors on one photo). Form fast gained nothing reliable (58.2-60.9 dB against 58.9).
 
 
 def ranges(fp32: onnx.ModelProto, batches: list[np.ndarray]) -> dict[str, float]:
