@@ -11,7 +11,7 @@ import json
 import pytest
 
 from ncis_deploy.errors import UserError
-from ncis_deploy.eval.backends import GUARDS, parse_backend
+from ncis_deploy.eval.backends import GUARDS, parse_backend, render
 from ncis_deploy.eval.core import EvalOptions, render_markdown, run_eval
 from test_cli import assert_user_error, run
 from test_eval import tinymod  # noqa: F401  (a fixture)
@@ -141,3 +141,16 @@ def test_int8_backends_from_an_int8_export(tinymod, tmp_path):
         assert row["artifact"]["file"] == str(ex / "purifier_int8.onnx") and row["artifact"]["int8_form"] == "fast"
         assert row["psnr_db_min"] > 20 and {s["attack"] for s in row["sets"]} == {"clean", "pgd"}
     assert _rows(rep, "openvino:int8")["ncis"]["runner"]["precision"] == "int8"
+
+
+def test_table_shows_the_worst_set_guard_and_the_pooled_agreement():
+    """One flip in one set of 22 fails the per-set guard (95.5 %) while 99.5 % of all 198 images agree: both shown."""
+    sets = [{"attack": "clean" if i == 0 else "pgd", "eps_label": f"{i}/255", "rate": 0.5, "torch_rate": 0.5,
+             "delta_points": 0.0, "top1_agreement": 21 / 22 if i == 1 else 1.0} for i in range(9)]
+    guard = {"top1_agreement": {"goal": GUARDS["top1_agreement"], "value": 21 / 22, "ok": False},
+             "delta_points": {"goal": GUARDS["delta_points"], "value": 0.0, "ok": True},
+             "psnr_db": {"goal": GUARDS["psnr_db"], "value": 64.3, "ok": True}}
+    row = {"preset": "ncis", "label": "onnxruntime:int8", "sets": sets, "top1_agreement": 197 / 198,
+           "max_abs": 4e-3, "guards": guard, "ok": False}
+    text = "\n".join(render({"rows": [row], "guards": dict(GUARDS)}, "agreement", 22))
+    assert "| 95.5% ✗ (all 99.5%) | 64.3 dB ✓ |" in text and "FAILED for ncis onnxruntime:int8" in text
