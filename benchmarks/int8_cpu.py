@@ -1,13 +1,20 @@
 """CPU latency of the INT8 purifier (``export --int8``) against the FP32 one, interleaved in one run.
 
     python benchmarks/int8_cpu.py [--export DIR] [--forms fast accurate] [--size 224] [--batches 1 8] [--rounds 10]
+                                  [--no-nncf]
 
 Exports the ``ncis`` preset with ``--int8`` once per ``--int8-form`` in ``--forms`` (or reads ``--export DIR``, one
 form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on each
 purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need), and
 OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the
-median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run (these machines are shared) hits both sides. ORT's thread pools do not
-spin between runs here: a spinning pool of one session would steal the cores of the next one.
+median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run
+(these machines are shared) hits both sides. ORT's thread pools do not spin between runs here: a spinning pool of one session would steal the cores of the next one.
+
+With ``nncf`` installed (``pip install nncf``; not a dependency of the package yet) it also times OpenVINO's own
+int8: the FP32 ONNX quantized by NNCF's post-training quantization on the same bundled calibration photos, with the
+same parts kept float as ``export --int8`` keeps (:func:`nncf_float_scope`), the rest left to NNCF's placement for
+OpenVINO; run with f32 and with bf16 for what stays float. Its PSNR vs FP32 on the hold-out photos and its blind spot
+(NNCF's quantization of the BSN alone, one pixel changed) are recorded beside the timings.
 
 Writes benchmarks/results/int8-cpu.json with the CPU model and ISA flags, and the quality guards the export recorded.
 """
@@ -27,6 +34,7 @@ import numpy as np
 from ncis_deploy import doctor
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
 from ncis_deploy.exporters.pipeline import ExportOptions, export, versions
+from ncis_deploy.exporters import quantize
 from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.runners.onnxruntime import open_session
@@ -59,6 +67,90 @@ def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
     return out
 
 
+def nncf_float_scope(fp32) -> set[str]:
+    """ONNX node names NNCF must leave float: the convs ``export --int8`` keeps float (the first masked layers, the
+    baselines) and everything outside a BSN pass's body: GS before it, and its head conv on (head, baseline,
+    reassembly, clip), where the image is put back together."""
+    keep, inside = set(quantize.float_convs(fp32)), False
+    for n in fp32.graph.node:
+        if n.name.startswith("bsn_conv"):
+            inside = True
+        elif n.name.startswith("bsn_head"):
+            inside = False
+        if not inside:
+            keep.add(n.name)
+    return keep
+
+
+def nncf_quantize(onnx_model, batches: list[np.ndarray]):
+    """The OpenVINO model of ``onnx_model`` quantized by NNCF (default preset: symmetric int8) on ``batches``."""
+    import nncf
+    import openvino as ov
+
+    m = ov.Core().read_model(onnx_model.SerializeToString(), b"")
+    floats = nncf_float_scope(onnx_model)
+    # OpenVINO names a conv with bias "<onnx name>/WithoutBiases" + an Add "<onnx name>"
+    names = [op.get_friendly_name() for op in m.get_ops() if op.get_friendly_name().split("/")[0] in floats]
+    items = [b[i:i + 1] for b in batches for i in range(len(b))]
+    return nncf.quantize(m, nncf.Dataset(items), subset_size=len(items),
+                         ignored_scope=nncf.IgnoredScope(names=names, validate=False))
+
+
+def nncf_backends(fp32_path: Path, threads: int, h: int, w: int) -> tuple[dict, dict]:
+    """({label: infer}, quality record) for NNCF's int8 with f32 and (where native) bf16 for what stays float."""
+    try:
+        import nncf
+        import onnx
+        import openvino as ov
+    except ImportError:
+        print("nncf (or openvino) is not installed: NNCF rows skipped (pip install nncf)", file=sys.stderr)
+        return {}, {}
+    fp32 = onnx.load(str(fp32_path))
+    print("quantizing with NNCF ...", file=sys.stderr)
+    batches = quantize.calibration_set(None, h, w).batches
+    model = nncf_quantize(fp32, batches)
+    core = ov.Core()
+    hints = ["f32"] + (["bf16"] if "bf16" in doctor.native_precisions() else [])
+    cases = quantize.holdout_cases(h, w)
+    ref = ort_backend(fp32_path, threads)
+    refs = [ref(x) for _, x in cases]
+    bsn = quantize.bsn_subgraph(fp32)
+    bsn_q = nncf_quantize(bsn, [x[:, :, :quantize.BLIND_SPOT_MAX_SIDE, :quantize.BLIND_SPOT_MAX_SIDE]
+                                for x in batches])
+    out, quality = {}, {"nncf": nncf.__version__, "calibration": "the bundled training photos, as export --int8",
+                        "float": "as export --int8 (first masked layers, baselines), plus GS and everything from "
+                                 "the head conv on; NNCF places the rest", "reference": "fp32 ONNX on onnxruntime-cpu"}
+    def error(infer) -> dict:
+        err = np.concatenate([(infer(x) - r).ravel() for (_, x), r in zip(cases, refs)]).astype(np.float64)
+        return {"psnr_db": round(float(10 * np.log10(1 / np.mean(err ** 2))), 2), "max_abs": float(np.abs(err).max())}
+
+    for hint in hints:
+        cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        request = core.compile_model(model, "CPU", cfg).create_infer_request()
+        label = f"openvino int8/nncf+{hint}"
+        out[label] = lambda x, r=request: r.infer({0: x})[0]
+        quality[f"nncf+{hint}"] = error(out[label]) | {
+            "blind_spot_max_abs_change_at_pixel": _blind_spot(core, bsn_q, cfg)}
+        print(f"  nncf+{hint}: {quality[f'nncf+{hint}']}", file=sys.stderr)
+    if "bf16" in hints:  # the baseline these compete with: the FP32 model run in bf16
+        cfg = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        request = core.compile_model(core.read_model(str(fp32_path)), "CPU", cfg).create_infer_request()
+        quality["bf16 (no int8)"] = error(lambda x: request.infer({0: x})[0])
+    return out, quality
+
+
+def _blind_spot(core, bsn, cfg: dict) -> float:
+    """The largest move of the quantized BSN's output at a pixel when that input pixel changes (0 = blind)."""
+    side = quantize.BLIND_SPOT_MAX_SIDE
+    base = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
+    pixels = [(0, 0), (side - 1, side - 1), (0, side // 2), (side // 2, side // 2), (side // 3, side - 1)]
+    batch = np.repeat(base, len(pixels) + 1, axis=0)
+    for k, (y, x) in enumerate(pixels, 1):
+        batch[k, :, y, x] = 1.0 - batch[k, :, y, x]
+    got = core.compile_model(bsn, "CPU", cfg).create_infer_request().infer({0: batch})[0]
+    return max(float(np.abs(got[k, :, y, x] - got[0, :, y, x]).max()) for k, (y, x) in enumerate(pixels, 1))
+
+
 def measure(backends: dict, x: np.ndarray, rounds: int) -> dict[str, list[float]]:
     for fn in backends.values():  # warm-up: first-run allocations and kernel selection
         fn(x)
@@ -83,6 +175,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="timed rounds per batch size (each runs every backend)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-openvino", action="store_true")
+    ap.add_argument("--no-nncf", action="store_true", help="skip NNCF's int8 rows (needs nncf installed)")
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
 
@@ -103,8 +196,12 @@ def main() -> None:
         h, w = exports[0].input_shape[2:]
         backends = {"onnxruntime fp32": ort_backend(fp32, args.threads)}
         backends |= {f"onnxruntime int8/{form}": ort_backend(p, args.threads) for form, p in int8.items()}
+        nncf_quality = {}
         if not args.no_openvino:
             backends |= openvino_backends(fp32, int8, args.threads)
+            if not args.no_nncf:
+                more, nncf_quality = nncf_backends(fp32, args.threads, h, w)
+                backends |= more
         load_before = os.getloadavg()
         rows = []
         for b in args.batches:
@@ -114,8 +211,9 @@ def main() -> None:
             for k, t in times.items():
                 backend, precision = k.split()
                 precision, _, form = precision.partition("/")
-                rows.append({"backend": backend, "precision": precision, "batch": b,
-                             **({"int8_form": form} if form else {}),
+                source = {"quantized_by": "nncf", "float_parts": form.split("+")[1]} if form.startswith("nncf") else (
+                    {"int8_form": form} if form else {})
+                rows.append({"backend": backend, "precision": precision, "batch": b, **source,
                              "ms_per_batch_median": round(1e3 * statistics.median(t), 1),
                              "ms_per_batch_min": round(1e3 * min(t), 1),
                              "images_per_s": round(b / statistics.median(t), 2),
@@ -129,6 +227,7 @@ def main() -> None:
                   "int8_quality_vs_fp32": {form: {k: v for k, v in ex.manifest["parity"]["int8"].items()
                                                   if k != "cases"} for form, ex in forms.items()},
                   "int8_artifact": {form: ex.artifacts[ONNX_INT8]["quantization"] for form, ex in forms.items()},
+                  "nncf_int8_quality_vs_fp32": nncf_quality or None,
                   "method": "interleaved rounds, order alternating; speed-up = median over rounds of the FP32 ORT "
                             "time / the backend's time in the same round; ORT thread pools not spinning"}
     write_json(args.out, report)

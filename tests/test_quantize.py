@@ -333,3 +333,26 @@ def test_int8_nodes_are_typed_for_tensorrt(small):
     types = {v.name: v.type.tensor_type.elem_type for v in q.graph.value_info}
     qs = [n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"]
     assert qs and all(types[t] == TensorProto.INT8 for t in qs)
+
+
+def test_nncf_rows_keep_float_what_export_int8_keeps_float(small):
+    """benchmarks/int8_cpu.py hands NNCF the nodes to leave float: the float convs of export --int8, GS before the
+    BSN and everything from its head conv on; the BSN body's other convs are NNCF's to quantize."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_cpu.py"
+    spec = importlib.util.spec_from_file_location("int8_cpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = small[0]
+    scope = mod.nncf_float_scope(m)
+    names = [n.name for n in m.graph.node]
+    starts = [i for i, n in enumerate(names) if n.startswith("bsn_conv")] + [len(names)]
+    heads = [i for i, n in enumerate(names) if n.startswith("bsn_head")]
+    assert len(heads) == 2 == len(starts) - 1  # this purifier runs two BSN passes
+    assert qz.float_convs(m) <= scope and set(names[:starts[0]]) <= scope
+    for k, h in enumerate(heads):  # the head conv, baseline, reassembly and what lies before the next pass
+        assert set(names[h:starts[k + 1]]) <= scope
+        body = {n.name for n in m.graph.node[starts[k]:h] if n.op_type == "Conv"} - qz.float_convs(m)
+        assert body and not scope & body

@@ -10,7 +10,7 @@ Two placements (``INT8_FORMS``, ``export --int8-form``): "fast", the default, de
 same convolutions in int8 but Q/DQ only on their inputs (the placement TensorRT's documentation recommends), PRelu,
 adds and scalings in float. Every quantized tensor rounds, and "fast" rounds about five per layer where "accurate"
 rounds the three a layer's convolutions read: 58.9 vs 64.0 dB against FP32 on the hold-out photos, but ONNX Runtime
-runs "accurate" slower than FP32 (float ops between every pair of int8 convs) and OpenVINO ≈ 1.3x slower than "fast".
+runs "accurate" slower than FP32 (float ops between every pair of int8 convs) and OpenVINO 1.2-1.4x slower than "fast".
 
 What runs in int8 in form "fast", and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on
 ORT: the float PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 70 times):
@@ -65,8 +65,9 @@ PSNR_TARGET_DB = LOW_PRECISION_PSNR_DB
 FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the module docstring
 
 # Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, an AMD EPYC
-# (avx512_bf16/vnni, no AMX; benchmarks/results/int8-cpu.json): "fast" 58.9 dB vs FP32, ORT 1.53x and OpenVINO 2.15x
-# ORT FP32; "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.69x. docs/export.md has the rest.
+# (avx512_bf16/vnni, no AMX; benchmarks/results/int8-cpu.json): "fast" 58.9 dB vs FP32, ORT 1.49x and OpenVINO 2.21x
+# ORT FP32; "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.85x (NNCF's own int8 of the FP32
+# graph: 64.0 dB, OpenVINO 2.57x, so for OpenVINO alone that is the better int8). docs/export.md has the rest.
 INT8_FORMS = {
     "fast": "every BSN tensor from the fourth masked layer on is int8, PRelu split into int8 kernels, so the CPU "
             "runtimes fuse the whole chain; about the error of rounding the output to 8 bits",
