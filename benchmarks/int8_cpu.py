@@ -8,7 +8,8 @@ form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx 
 purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need), and
 OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the
 median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run
-(these machines are shared) hits both sides. ORT's thread pools do not spin between runs here: a spinning pool of one session would steal the cores of the next one.
+(these machines are shared) hits both sides. ORT's thread pools do not spin between runs here: a spinning pool of
+one session would steal the cores of the next one.
 
 With ``nncf`` installed (``pip install nncf``; not a dependency of the package yet) it also times OpenVINO's own
 int8: the FP32 ONNX quantized by NNCF's post-training quantization on the same bundled calibration photos, with the
@@ -32,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from ncis_deploy import doctor
+from ncis_deploy.exporters import quantize
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
 from ncis_deploy.exporters.pipeline import ExportOptions, export, versions
-from ncis_deploy.exporters import quantize
 from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.runners.onnxruntime import open_session
@@ -120,6 +121,7 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int) -> tuple[dict, 
     out, quality = {}, {"nncf": nncf.__version__, "calibration": "the bundled training photos, as export --int8",
                         "float": "as export --int8 (first masked layers, baselines), plus GS and everything from "
                                  "the head conv on; NNCF places the rest", "reference": "fp32 ONNX on onnxruntime-cpu"}
+
     def error(infer) -> dict:
         err = np.concatenate([(infer(x) - r).ravel() for (_, x), r in zip(cases, refs)]).astype(np.float64)
         return {"psnr_db": round(float(10 * np.log10(1 / np.mean(err ** 2))), 2), "max_abs": float(np.abs(err).max())}
@@ -141,14 +143,9 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int) -> tuple[dict, 
 
 def _blind_spot(core, bsn, cfg: dict) -> float:
     """The largest move of the quantized BSN's output at a pixel when that input pixel changes (0 = blind)."""
+    request = core.compile_model(bsn, "CPU", cfg).create_infer_request()
     side = quantize.BLIND_SPOT_MAX_SIDE
-    base = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
-    pixels = [(0, 0), (side - 1, side - 1), (0, side // 2), (side // 2, side // 2), (side // 3, side - 1)]
-    batch = np.repeat(base, len(pixels) + 1, axis=0)
-    for k, (y, x) in enumerate(pixels, 1):
-        batch[k, :, y, x] = 1.0 - batch[k, :, y, x]
-    got = core.compile_model(bsn, "CPU", cfg).create_infer_request().infer({0: batch})[0]
-    return max(float(np.abs(got[k, :, y, x] - got[0, :, y, x]).max()) for k, (y, x) in enumerate(pixels, 1))
+    return max(quantize.blind_spot_moves(lambda x: request.infer({0: x})[0], side, side)[1])
 
 
 def measure(backends: dict, x: np.ndarray, rounds: int) -> dict[str, list[float]]:

@@ -225,9 +225,9 @@ def split_prelu(model: onnx.ModelProto, only: set[str] | None = None) -> onnx.Mo
 _RANGED_OPS = ("Conv", "Add", "Mul", "PRelu", "MatMul", "Pad", "Clip")
 # Ranges are the max, not a clip of it. Tried (shipped ``ncis``, 224², form accurate): per tensor, the clip c·max
 # (c in 0.9-1) with the least mean squared rounding + clipping error on strided samples of the calibration
-# activations. Hold-out 64.0 → 64.7 dB, but on the eval's 88 crops max |error| 0.0037 → 0.0056 and top-1 flips vs FP32
-# 6 → 9-10 of 440 (22 images: 2 → 1 of 198); deeper clips (c down to 0.2, 65.4 dB) saturated colours the calibration
-# photos never reach (5/255 errors on one photo). Form fast gained nothing reliable (58.2-60.9 dB against 58.9).
+# activations. Hold-out 64.0 → 64.7 dB, but on the eval's 88 crops max |error| 0.0037 → 0.0056 and top-1 flips vs
+# FP32 6 → 9-10 of 440 (22 images: 2 → 1 of 198); deeper clips (c down to 0.2, 65.4 dB) saturated colours the
+# calibration photos never reach (5/255 errors on one photo). Form fast gained nothing reliable (58.2-60.9 dB vs 58.9).
 
 
 def ranges(fp32: onnx.ModelProto, batches: list[np.ndarray]) -> dict[str, float]:
@@ -572,24 +572,28 @@ def blind_spot_report(model: onnx.ModelProto, height: int, width: int, *, seed: 
     Checked at up to ``BLIND_SPOT_MAX_SIDE`` per side: the BSN subgraph is the same for every size."""
     from ncis_deploy.runners import make_runner
 
-    sub = bsn_subgraph(model)
     height, width = min(height, BLIND_SPOT_MAX_SIDE), min(width, BLIND_SPOT_MAX_SIDE)
-    rng = np.random.default_rng(seed)
-    base = rng.random((1, 3, height, width), dtype=np.float32)
-    pixels = sorted({(0, 0), (height - 1, width - 1), (0, width // 2), (height // 2, width // 2),
-                     (height // 3, width - 1)})
-    batch = np.repeat(base, len(pixels) + 1, axis=0)
-    for k, (y, x) in enumerate(pixels, 1):
-        batch[k, :, y, x] = 1.0 - batch[k, :, y, x]
-    with make_runner("onnxruntime", sub.SerializeToString(), check_range=False) as r:
-        out = r.infer(batch)
-    moved = [float(np.abs(out[k, :, y, x] - out[0, :, y, x]).max()) for k, (y, x) in enumerate(pixels, 1)]
+    with make_runner("onnxruntime", bsn_subgraph(model).SerializeToString(), check_range=False) as r:
+        pixels, moved = blind_spot_moves(r.infer, height, width, seed=seed)
     if any(m != 0.0 for m in moved):
         (y, x), m = next(((p, m) for p, m in zip(pixels, moved) if m != 0.0))
         raise UserError(f"the INT8 BSN is not blind: changing input pixel ({y}, {x}) moved its output there by "
                         f"{m:.3g}; this is a bug, please report it")
     return {"checked_at": [height, width], "pixels": [list(p) for p in pixels], "max_abs_change_at_pixel": max(moved),
             "checked_on": "the artifact's own BSN (input: what GS hands it), onnxruntime-cpu"}
+
+
+def blind_spot_moves(infer, height: int, width: int, *, seed: int = 0) -> tuple[list[tuple[int, int]], list[float]]:
+    """(pixels, moves): ``infer`` (a BSN, NCHW → NCHW) on a random image and on copies with one pixel inverted each,
+    at the corners, an edge and the centre; a move is how far the output at the changed pixel went (0 = blind)."""
+    base = np.random.default_rng(seed).random((1, 3, height, width), dtype=np.float32)
+    pixels = sorted({(0, 0), (height - 1, width - 1), (0, width // 2), (height // 2, width // 2),
+                     (height // 3, width - 1)})
+    batch = np.repeat(base, len(pixels) + 1, axis=0)
+    for k, (y, x) in enumerate(pixels, 1):
+        batch[k, :, y, x] = 1.0 - batch[k, :, y, x]
+    out = infer(batch)
+    return pixels, [float(np.abs(out[k, :, y, x] - out[0, :, y, x]).max()) for k, (y, x) in enumerate(pixels, 1)]
 
 
 def holdout_cases(height: int, width: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
