@@ -13,7 +13,7 @@ one session would steal the cores of the next one.
 
 With ``nncf`` installed (``pip install nncf``; not a dependency of the package yet) it also times OpenVINO's own
 int8: the FP32 ONNX quantized by NNCF's post-training quantization on the same bundled calibration photos, with the
-same parts kept float as ``export --int8`` keeps (:func:`nncf_float_scope`), the rest left to NNCF's placement for
+same parts kept float as ``export --int8`` keeps (``quantize.float_nodes``), the rest left to NNCF's placement for
 OpenVINO; run with f32 and with bf16 for what stays float. Its PSNR vs FP32 on the hold-out photos and its blind spot
 (NNCF's quantization of the BSN alone, one pixel changed) are recorded beside the timings.
 
@@ -38,6 +38,7 @@ from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
 from ncis_deploy.exporters.pipeline import ExportOptions, export, versions
 from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
+from ncis_deploy.quality import psnr_or_none
 from ncis_deploy.runners.onnxruntime import open_session
 
 RESULT = Path(__file__).parent / "results" / "int8-cpu.json"
@@ -47,6 +48,10 @@ def ort_backend(path: Path, threads: int):
     s = open_session(path, "cpu", threads=threads, options={"session.intra_op.allow_spinning": "0"})
     name = s.get_inputs()[0].name
     return lambda x: s.run(None, {name: x})[0]
+
+
+def _ov_config(hint: str, threads: int) -> dict:
+    return {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
 
 
 def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
@@ -62,25 +67,9 @@ def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
         todo.append(("openvino bf16", fp32, "bf16"))
     out = {}
     for label, path, hint in todo:
-        cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-        request = core.compile_model(core.read_model(str(path)), "CPU", cfg).create_infer_request()
-        out[label] = lambda x, r=request: r.infer({0: x})[0]
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", _ov_config(hint, threads))
+        out[label] = lambda x, r=compiled.create_infer_request(): r.infer({0: x})[0]
     return out
-
-
-def nncf_float_scope(fp32) -> set[str]:
-    """ONNX node names NNCF must leave float: the convs ``export --int8`` keeps float (the first masked layers, the
-    baselines) and everything outside a BSN pass's body: GS before it, and its head conv on (head, baseline,
-    reassembly, clip), where the image is put back together."""
-    keep, inside = set(quantize.float_convs(fp32)), False
-    for n in fp32.graph.node:
-        if n.name.startswith("bsn_conv"):
-            inside = True
-        elif n.name.startswith("bsn_head"):
-            inside = False
-        if not inside:
-            keep.add(n.name)
-    return keep
 
 
 def nncf_quantize(onnx_model, batches: list[np.ndarray]):
@@ -89,7 +78,7 @@ def nncf_quantize(onnx_model, batches: list[np.ndarray]):
     import openvino as ov
 
     m = ov.Core().read_model(onnx_model.SerializeToString(), b"")
-    floats = nncf_float_scope(onnx_model)
+    floats = quantize.float_nodes(onnx_model)
     # OpenVINO names a conv with bias "<onnx name>/WithoutBiases" + an Add "<onnx name>"
     names = [op.get_friendly_name() for op in m.get_ops() if op.get_friendly_name().split("/")[0] in floats]
     items = [b[i:i + 1] for b in batches for i in range(len(b))]
@@ -97,8 +86,10 @@ def nncf_quantize(onnx_model, batches: list[np.ndarray]):
                          ignored_scope=nncf.IgnoredScope(names=names, validate=False))
 
 
-def nncf_backends(fp32_path: Path, threads: int, h: int, w: int) -> tuple[dict, dict]:
-    """({label: infer}, quality record) for NNCF's int8 with f32 and (where native) bf16 for what stays float."""
+def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=None) -> tuple[dict, dict]:
+    """({label: infer}, quality record) for NNCF's int8 with f32 and (where native) bf16 for what stays float,
+    scored against ``ort_fp32`` (the reference) on the hold-out photos, beside ``bf16`` (OpenVINO bf16 of the FP32
+    model: the baseline) when given."""
     try:
         import nncf
         import onnx
@@ -113,8 +104,7 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int) -> tuple[dict, 
     core = ov.Core()
     hints = ["f32"] + (["bf16"] if "bf16" in doctor.native_precisions() else [])
     cases = quantize.holdout_cases(h, w)
-    ref = ort_backend(fp32_path, threads)
-    refs = [ref(x) for _, x in cases]
+    refs = np.concatenate([ort_fp32(x) for _, x in cases])
     bsn = quantize.bsn_subgraph(fp32)
     bsn_q = nncf_quantize(bsn, [x[:, :, :quantize.BLIND_SPOT_MAX_SIDE, :quantize.BLIND_SPOT_MAX_SIDE]
                                 for x in batches])
@@ -123,21 +113,20 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int) -> tuple[dict, 
                                  "the head conv on; NNCF places the rest", "reference": "fp32 ONNX on onnxruntime-cpu"}
 
     def error(infer) -> dict:
-        err = np.concatenate([(infer(x) - r).ravel() for (_, x), r in zip(cases, refs)]).astype(np.float64)
-        return {"psnr_db": round(float(10 * np.log10(1 / np.mean(err ** 2))), 2), "max_abs": float(np.abs(err).max())}
+        got = np.concatenate([infer(x) for _, x in cases])
+        p = psnr_or_none(got, refs)  # None: identical
+        return {"psnr_db": None if p is None else round(p, 2), "max_abs": float(np.abs(got - refs).max())}
 
     for hint in hints:
-        cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        cfg = _ov_config(hint, threads)
         request = core.compile_model(model, "CPU", cfg).create_infer_request()
         label = f"openvino int8/nncf+{hint}"
         out[label] = lambda x, r=request: r.infer({0: x})[0]
         quality[f"nncf+{hint}"] = error(out[label]) | {
             "blind_spot_max_abs_change_at_pixel": _blind_spot(core, bsn_q, cfg)}
         print(f"  nncf+{hint}: {quality[f'nncf+{hint}']}", file=sys.stderr)
-    if "bf16" in hints:  # the baseline these compete with: the FP32 model run in bf16
-        cfg = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-        request = core.compile_model(core.read_model(str(fp32_path)), "CPU", cfg).create_infer_request()
-        quality["bf16 (no int8)"] = error(lambda x: request.infer({0: x})[0])
+    if bf16 is not None:  # the baseline these compete with: the FP32 model run in bf16
+        quality["bf16 (no int8)"] = error(bf16)
     return out, quality
 
 
@@ -197,7 +186,8 @@ def main() -> None:
         if not args.no_openvino:
             backends |= openvino_backends(fp32, int8, args.threads)
             if not args.no_nncf:
-                more, nncf_quality = nncf_backends(fp32, args.threads, h, w)
+                more, nncf_quality = nncf_backends(fp32, args.threads, h, w, backends["onnxruntime fp32"],
+                                                   backends.get("openvino bf16"))
                 backends |= more
         load_before = os.getloadavg()
         rows = []

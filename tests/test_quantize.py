@@ -335,18 +335,11 @@ def test_int8_nodes_are_typed_for_tensorrt(small):
     assert qs and all(types[t] == TensorProto.INT8 for t in qs)
 
 
-def test_nncf_rows_keep_float_what_export_int8_keeps_float(small):
-    """benchmarks/int8_cpu.py hands NNCF the nodes to leave float: the float convs of export --int8, GS before the
-    BSN and everything from its head conv on; the BSN body's other convs are NNCF's to quantize."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_cpu.py"
-    spec = importlib.util.spec_from_file_location("int8_cpu", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_float_nodes_keep_float_what_export_int8_keeps_float(small):
+    """What benchmarks/int8_cpu.py hands NNCF to leave float: the float convs of export --int8, GS before the BSN
+    and everything from its head conv on; the BSN body's other convs are NNCF's to quantize."""
     m = small[0]
-    scope = mod.nncf_float_scope(m)
+    scope = qz.float_nodes(m)
     names = [n.name for n in m.graph.node]
     starts = [i for i, n in enumerate(names) if n.startswith("bsn_conv")] + [len(names)]
     heads = [i for i, n in enumerate(names) if n.startswith("bsn_head")]

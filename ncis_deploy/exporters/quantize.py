@@ -318,6 +318,21 @@ def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
     return out
 
 
+def float_nodes(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS) -> set[str]:
+    """Names of the nodes another quantizer (NNCF, in benchmarks/int8_cpu.py) must leave float to keep what
+    ``export --int8`` keeps float: :func:`float_convs`, and everything outside a BSN pass's body — GS before it, and
+    from its head conv on (head, baseline, reassembly, clip), where the image is put back together."""
+    keep, inside = set(float_convs(model, float_layers)), False
+    for n in model.graph.node:
+        if n.name.startswith(_MASKED_PREFIXES[0]):
+            inside = True
+        elif n.name.startswith(_HEAD_PREFIX):
+            inside = False
+        if not inside:
+            keep.add(n.name)
+    return keep
+
+
 def int8_plan(model: onnx.ModelProto, float_conv_names: set[str],
               form: str = DEFAULT_INT8_FORM) -> tuple[set[str], set[str]]:
     """(names of the nodes that run in int8, names of the tensors that are quantized).
