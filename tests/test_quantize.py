@@ -123,6 +123,45 @@ def test_accurate_form_rounds_only_what_convs_read(small):
     assert err["accurate"] > err["fast"] + 0.5, err  # this tiny random BSN: +0.7 dB; the shipped one: +5 dB
     assert qz.masked_taps_report(m, acc)["all_still_zero"]
     assert qz.blind_spot_report(acc, H, W)["max_abs_change_at_pixel"] == 0.0
+
+
+def test_openvino_form_adds_both_inputs_of_every_bsn_add(small):
+    m, amax = small
+    acc, ov = (qz.quantize_with(m, amax, float_layers=0, form=f) for f in ("accurate", "openvino"))
+    onnx.checker.check_model(ov, full_check=True)
+    check_tensorrt_compatible(ov)
+    producer = _by_output(ov)
+    quantized = {n.input[0] for n in ov.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized > {n.input[0] for n in acc.graph.node if n.op_type == "QuantizeLinear"}  # accurate's and more
+    body, inside = [], False
+    for n in ov.graph.node:  # a BSN pass's body: from its first masked conv to (not including) its head conv
+        inside = (inside or n.name.startswith("bsn_conv")) and not n.name.startswith("bsn_head")
+        assert inside == (n.name in qz.bsn_body(ov)), n.name
+        if n.op_type == "Add":
+            reads = [producer[i].op_type for i in n.input]
+            assert (reads == ["DequantizeLinear"] * 2) == inside, (n.name, reads)
+            body += [n.name] if inside else []
+    assert len(body) >= 2 * 4  # 2 passes, residual and branch sums
+    convs = [n for n in ov.graph.node if n.op_type == "Conv" and not n.name.startswith("mean4")]
+    assert all(producer[n.input[0]].op_type == "DequantizeLinear" for n in convs)
+    assert "LeakyRelu" not in {n.op_type for n in ov.graph.node}  # PRelu stays float, as in accurate
+    assert qz.structure(ov)["int8_form"] == "openvino"
+    assert qz.masked_taps_report(m, ov)["all_still_zero"]
+    assert qz.blind_spot_report(ov, H, W)["max_abs_change_at_pixel"] == 0.0
+    assert qz.quality_report(m.SerializeToString(), ov.SerializeToString(), qz.holdout_cases(H, W))["psnr_db"] > 40
+
+
+@pytest.mark.openvino
+def test_openvino_form_runs_in_int8_on_openvino(small):
+    from ncis_deploy.runners.compare import compare
+
+    m, amax = small
+    q = qz.quantize_with(m, amax, form="openvino").SerializeToString()
+    with make_runner("openvino", q, precision="int8") as r:
+        assert set(r.layer_precisions["Convolution"]) & {"u8", "i8"}, r.layer_precisions
+        result = compare({"onnxruntime": make_runner("onnxruntime", q), "openvino": r}, qz.holdout_cases(H, W),
+                         1e-2)
+    assert result.ok, result.pairs[0].rows()
     with pytest.raises(ValueError, match="unknown INT8 form"):
         qz.quantize_with(m, amax, form="fastest")
 

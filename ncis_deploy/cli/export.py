@@ -46,11 +46,12 @@ _d = default_help(OPTIONS)
               help="--int8: a folder of photos to calibrate on (at most 16 are used) [default: the bundled training "
                    "photos].")
 @click.option("--int8-form", type=click.Choice(list(INT8_FORMS)), default=None,
-              help="--int8: where Q/DQ goes. fast = every BSN tensor int8, the PReLUs split into int8 kernels (the "
-                   "fastest on ONNX Runtime and OpenVINO CPU; error about that of rounding the output to 8 bits); "
-                   "accurate = Q/DQ only on the int8 convolutions' inputs (TensorRT's recommended placement; about "
-                   "5 dB closer to FP32, as close as bf16, but slower on the CPU runtimes: docs/export.md)."
-                   + _d("int8_form"))
+              help="--int8: where Q/DQ goes, by the runtime it is for. fast = every BSN tensor int8, the PReLUs split "
+                   "into int8 kernels (the fastest int8 on ONNX Runtime; error about that of rounding the output to 8 "
+                   "bits); openvino = the int8 convolutions' inputs and both inputs of every add (the fastest on "
+                   "OpenVINO, slow on ONNX Runtime; about fast's error); accurate = Q/DQ only on the int8 "
+                   "convolutions' inputs (TensorRT's recommended placement; about 4-5 dB closer to FP32, as close as "
+                   "bf16, but slower on the CPU runtimes: docs/export.md)." + _d("int8_form"))
 @click.option("--tensorrt/--no-tensorrt", default=None,
               help="Build a TensorRT engine. Default: when tensorrt imports and a GPU is present.")
 @click.option("--version-compatible", is_flag=True, default=None,

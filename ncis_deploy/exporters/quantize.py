@@ -6,11 +6,14 @@ That is the one INT8 form TensorRT 10.1+/11 accepts (no int32 or uint8 Q/DQ, no 
 into FakeQuantize, and the one ONNX Runtime's CPU EP fuses into QLinear* kernels once re-encoded losslessly in uint8
 (:func:`ncis_deploy.runners.onnxruntime.cpu_qdq_form`, applied by every ORT CPU session the package opens).
 
-Two placements (``INT8_FORMS``, ``export --int8-form``): "fast", the default, described below, and "accurate": the
-same convolutions in int8 but Q/DQ only on their inputs (the placement TensorRT's documentation recommends), PRelu,
-adds and scalings in float. Every quantized tensor rounds, and "fast" rounds about five per layer where "accurate"
-rounds the three a layer's convolutions read: 58.9 vs 64.0 dB against FP32 on the hold-out photos, but ONNX Runtime
-runs "accurate" slower than FP32 (float ops between every pair of int8 convs) and OpenVINO 1.2-1.4x slower than "fast".
+Three placements (``INT8_FORMS``, ``export --int8-form``), the same convolutions in int8 in each: "fast", the
+default, described below; "accurate", Q/DQ only on the convolutions' inputs (the placement TensorRT's documentation
+recommends), PRelu, adds and scalings in float; "openvino", accurate's plus both inputs of every add in the BSN.
+Every quantized tensor rounds: "fast" rounds about five per layer, "accurate" the three a layer's convolutions read,
+58.9 vs 64.0 dB against FP32 on the hold-out photos; ONNX Runtime runs "accurate" slower than FP32 (float ops
+between every pair of int8 convs). OpenVINO fuses an add whose inputs are both quantized into the int8 convolution
+that makes one of them, so "openvino" (60.3 dB) is its fastest int8; quantizing only some adds' inputs (those read
+from a convolution: 62.1 dB, or all but the running sum of the residual blocks: 61.9 dB) lost all of that speed.
 
 What runs in int8 in form "fast", and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on
 ORT: the float PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 70 times):
@@ -64,15 +67,19 @@ PSNR_TARGET_DB = LOW_PRECISION_PSNR_DB
 
 FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the module docstring
 
-# Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, an AMD EPYC
-# (avx512_bf16/vnni, no AMX; benchmarks/results/int8-cpu.json): "fast" 58.9 dB vs FP32, ORT 1.49x and OpenVINO 2.21x
-# ORT FP32; "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.85x (NNCF's own int8 of the FP32
-# graph: 64.0 dB, OpenVINO 2.57x, so for OpenVINO alone that is the better int8). docs/export.md has the rest.
+# Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, × ORT FP32:
+# AMD EPYC with avx512_bf16/vnni (benchmarks/results/int8-cpu.json): "fast" 58.9 dB, ORT 1.49x, OpenVINO 2.21x;
+# "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.85x. AMD EPYC with AVX2 only
+# (int8-cpu-avx2.json): fast ORT 1.44x, OpenVINO 1.58x; accurate 0.83x / 1.68x; "openvino" 60.3 dB, ORT 0.66x,
+# OpenVINO 2.46x (3.85x at batch 8), where OpenVINO f32 is 1.85x and NNCF's own int8 2.42x. docs/export.md has the rest.
 INT8_FORMS = {
     "fast": "every BSN tensor from the fourth masked layer on is int8, PRelu split into int8 kernels, so the CPU "
             "runtimes fuse the whole chain; about the error of rounding the output to 8 bits",
     "accurate": "Q/DQ only on the inputs of the int8 convolutions (TensorRT's recommended placement); PRelu, the "
                 "adds and scalings stay float, so only what a convolution reads is rounded; slower on CPU runtimes",
+    "openvino": "accurate's placement plus both inputs of every add in the BSN (the placement NNCF picks for "
+                "OpenVINO): OpenVINO fuses each add into an int8 convolution, the fastest int8 on OpenVINO; about "
+                "fast's error; slow on ONNX Runtime",
 }
 DEFAULT_INT8_FORM = "fast"
 
@@ -322,15 +329,18 @@ def float_nodes(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
     """Names of the nodes another quantizer (NNCF, in benchmarks/int8_cpu.py) must leave float to keep what
     ``export --int8`` keeps float: :func:`float_convs`, and everything outside a BSN pass's body — GS before it, and
     from its head conv on (head, baseline, reassembly, clip), where the image is put back together."""
-    keep, inside = set(float_convs(model, float_layers)), False
+    body = bsn_body(model)
+    return set(float_convs(model, float_layers)) | {n.name for n in model.graph.node if n.name not in body}
+
+
+def bsn_body(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes of each BSN pass's body: from its first masked conv up to, not including, its head conv."""
+    body, inside = set(), False
     for n in model.graph.node:
-        if n.name.startswith(_MASKED_PREFIXES[0]):
-            inside = True
-        elif n.name.startswith(_HEAD_PREFIX):
-            inside = False
-        if not inside:
-            keep.add(n.name)
-    return keep
+        inside = (inside or n.name.startswith(_MASKED_PREFIXES[0])) and not n.name.startswith(_HEAD_PREFIX)
+        if inside:
+            body.add(n.name)
+    return body
 
 
 def int8_plan(model: onnx.ModelProto, float_conv_names: set[str],
@@ -341,12 +351,21 @@ def int8_plan(model: onnx.ModelProto, float_conv_names: set[str],
     LeakyRelu) runs in int8 when one of its inputs comes out of an int8 op (a float input is quantized on the way
     in), so float stays confined to the float convs and what only they feed; the head conv takes int8 in and gives
     float out. Form "accurate": only the int8 convs' activation inputs are quantized, every conv output is float.
+    Form "openvino": accurate's, plus both activation inputs of every Add of a BSN pass's body (the Add runs on
+    the dequantized values; OpenVINO folds it into the int8 convolution that makes one of them).
     """
     if form not in INT8_FORMS:
         raise ValueError(f"unknown INT8 form {form!r}; one of {', '.join(INT8_FORMS)}")
-    if form == "accurate":
-        convs = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in float_conv_names}
-        return convs, {n.input[0] for n in model.graph.node if n.name in convs}
+    if form in ("accurate", "openvino"):
+        nodes = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name not in float_conv_names}
+        tensors = {n.input[0] for n in model.graph.node if n.name in nodes}
+        if form == "openvino":  # + both inputs of every Add of a BSN pass's body
+            inits, body = _inits(model), bsn_body(model)
+            for n in model.graph.node:
+                if n.op_type == "Add" and n.name in body:
+                    nodes.add(n.name)
+                    tensors.update(i for i in n.input if i not in inits)
+        return nodes, tensors
     inits = _inits(model)
     nodes, int8_out = set(), set()
     for n in model.graph.node:  # topological order: an op's inputs are classified before it

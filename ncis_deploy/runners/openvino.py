@@ -8,7 +8,8 @@ instead of hoping:
 * ``bf16`` on a CPU without native BF16 (neither avx512_bf16 nor amx_bf16 in its flags) is refused: OpenVINO would
   emulate it or fall back to f32 without saying so, and a figure labelled bf16 would be neither fast nor bf16.
 * ``int8`` means the model carries explicit QuantizeLinear/DequantizeLinear (the ``export --int8`` artifact);
-  OpenVINO turns them into FakeQuantize and runs the quantized convolutions on int8 kernels. Whatever hint is given,
+  OpenVINO turns them into FakeQuantize and runs the quantized convolutions on int8 kernels (fastest with
+  ``export --int8 --int8-form openvino``, whose adds fold into them: docs/export.md). Whatever hint is given,
   such a model runs in int8, so asking f32/bf16 of it is refused too (the label would be wrong), and so is int8 of a
   model without Q/DQ (there is nothing to quantize it with: calibration is the exporter's job).
 * ``auto``: int8 for a Q/DQ model, else bf16 where the CPU has it natively, else f32.
