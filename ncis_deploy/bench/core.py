@@ -372,17 +372,24 @@ def _preset_engine(src: Source, tmp: Path, batches, say) -> Path:  # needs Tenso
     return src.engine_path
 
 
-def _int8_onnx(spec: BackendSpec, src: Source) -> Path:
+def _int8_onnx(spec: BackendSpec, src: Source, say) -> Path:
     """The export's quantized ONNX (explicit Q/DQ): a preset has none, bench does not quantize on the fly (the
-    calibration and the quantized graph's checks are the exporter's)."""
+    calibration and the quantized graph's checks are the exporter's). Says so when its Q/DQ placement is not the one
+    ``spec``'s runtime runs fastest."""
+    from ncis_deploy.exporters.quantize import FASTEST_FORM
+
     if src.export is None:
         raise UserError(f"{src.description} has no int8 artifact: {spec.label} runs the Q/DQ {ONNX_INT8} that "
                         f"`ncis-deploy export --int8` writes; bench such an export instead: ncis-deploy export "
                         f"--preset {src.preset} --int8 --height {src.height} --width {src.width} --out DIR, then "
                         "ncis-deploy bench DIR")
     path = src.export.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {src.export_dir}")
+    form, best = src.export.int8_form, FASTEST_FORM.get(spec.backend)
     src.artifacts[spec.label] = {"file": str(path), "sha256": src.export.artifacts[ONNX_INT8]["sha256"],
-                                 "int8_form": src.export.int8_form}
+                                 "int8_form": form}
+    if best is not None and form != best:
+        say(f"note: {spec.label} runs this export's int8 form '{form}'; {spec.backend} runs --int8-form {best} "
+            f"fastest (docs/export.md): ncis-deploy export --int8 --int8-form {best}")
     return path
 
 
@@ -398,7 +405,7 @@ def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
             raise UserError(f"export {src.export_dir} runs GS as the TensorRT plugin node {src.plugin}, which "
                             f"{runtime} cannot run; export without --smoothing plugin for {spec.backend}")
         if spec.precision == "int8":
-            return _int8_onnx(spec, src)
+            return _int8_onnx(spec, src, say)
         path = _preset_onnx(src, tmp)
         if spec.backend == "openvino":
             src.artifacts.setdefault("openvino", dict(src.artifacts["onnxruntime"]))

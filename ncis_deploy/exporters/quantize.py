@@ -82,6 +82,8 @@ INT8_FORMS = {
                 "fast's error; slow on ONNX Runtime",
 }
 DEFAULT_INT8_FORM = "fast"
+# the form each CPU runtime runs fastest (measured on both EPYCs of docs/export.md); bench notes a mismatch
+FASTEST_FORM = {"onnxruntime": "fast", "openvino": "openvino"}
 
 # Name hints of the FP32 builder (exporters/onnx.py): which convs are the baseline, the head, and the masked layers
 # (a layer starts at its first conv: bsn_conv for layer 1, bsn_centre for the others).
