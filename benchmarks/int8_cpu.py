@@ -1,23 +1,24 @@
 """CPU latency of the INT8 purifier (``export --int8``) against the FP32 one, interleaved in one run.
 
-    python benchmarks/int8_cpu.py [--export DIR] [--forms fast accurate] [--size 224] [--batches 1 8] [--rounds 10]
-                                  [--no-nncf]
+    python benchmarks/int8_cpu.py [--export DIR] [--forms fast accurate openvino] [--size 224] [--batches 1 8]
+                                  [--rounds 10] [--no-nncf] [--out FILE]
 
 Exports the ``ncis`` preset with ``--int8`` once per ``--int8-form`` in ``--forms`` (default: every form; or reads
-``--export DIR``, one form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on each
-purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need), and
-OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the
+``--export DIR``, one form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on
+each purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need),
+and OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the
 median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run
 (these machines are shared) hits both sides. ORT's thread pools do not spin between runs here: a spinning pool of
 one session would steal the cores of the next one.
 
-With ``nncf`` installed (``pip install nncf``; not a dependency of the package yet) it also times OpenVINO's own
-int8: the FP32 ONNX quantized by NNCF's post-training quantization on the same bundled calibration photos, with the
-same parts kept float as ``export --int8`` keeps (``quantize.float_nodes``), 7-bit weights as there, the rest left to
-NNCF's placement for OpenVINO; run with f32 and with bf16 for what stays float. Its PSNR vs FP32 on the hold-out photos and its blind spot
-(NNCF's quantization of the BSN alone, one pixel changed) are recorded beside the timings.
+With ``nncf`` installed (``pip install nncf``; not a dependency of the package) it also times OpenVINO's own int8:
+the FP32 ONNX quantized by NNCF's post-training quantization on the same bundled calibration photos, with the same
+parts kept float as ``export --int8`` keeps (``quantize.float_nodes``), 7-bit weights as there, the rest left to
+NNCF's placement for OpenVINO; run with f32 and with bf16 for what stays float. Its PSNR vs FP32 on the hold-out
+photos and its blind spot (NNCF's quantization of the BSN alone, one pixel changed) are recorded beside the timings.
 
-Writes benchmarks/results/int8-cpu.json with the CPU model and ISA flags, and the quality guards the export recorded.
+Writes ``--out`` (default benchmarks/results/int8-cpu.json) with the CPU model and ISA flags, and the quality guards
+the export recorded.
 """
 
 from __future__ import annotations

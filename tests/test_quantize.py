@@ -133,10 +133,10 @@ def test_openvino_form_adds_both_inputs_of_every_bsn_add(small):
     producer = _by_output(ov)
     quantized = {n.input[0] for n in ov.graph.node if n.op_type == "QuantizeLinear"}
     assert quantized > {n.input[0] for n in acc.graph.node if n.op_type == "QuantizeLinear"}  # accurate's and more
-    body, inside = [], False
+    body, inside, named = [], False, qz.bsn_body(ov)
     for n in ov.graph.node:  # a BSN pass's body: from its first masked conv to (not including) its head conv
         inside = (inside or n.name.startswith("bsn_conv")) and not n.name.startswith("bsn_head")
-        assert inside == (n.name in qz.bsn_body(ov)), n.name
+        assert inside == (n.name in named), n.name
         if n.op_type == "Add":
             reads = [producer[i].op_type for i in n.input]
             assert (reads == ["DequantizeLinear"] * 2) == inside, (n.name, reads)

@@ -70,8 +70,9 @@ FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the m
 # Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, × ORT FP32:
 # AMD EPYC with avx512_bf16/vnni (benchmarks/results/int8-cpu.json): "fast" 58.9 dB, ORT 1.49x, OpenVINO 2.21x;
 # "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.85x. AMD EPYC with AVX2 only
-# (int8-cpu-avx2.json): fast ORT 1.44x, OpenVINO 1.58x; accurate 0.83x / 1.68x; "openvino" 60.3 dB, ORT 0.66x,
-# OpenVINO 2.46x (3.85x at batch 8), where OpenVINO f32 is 1.85x and NNCF's own int8 2.42x. docs/export.md has the rest.
+# (int8-cpu-avx2.json): fast ORT 1.28x, OpenVINO 1.56x; accurate 0.84x / 1.81x; "openvino" 60.3 dB, ORT 0.70x,
+# OpenVINO 2.27x (2.68x at batch 8), where OpenVINO f32 is 1.85x and NNCF's own int8 (same placement) 2.27x at
+# 63.7 dB. docs/export.md has the rest.
 INT8_FORMS = {
     "fast": "every BSN tensor from the fourth masked layer on is int8, PRelu split into int8 kernels, so the CPU "
             "runtimes fuse the whole chain; about the error of rounding the output to 8 bits",
