@@ -90,7 +90,8 @@ def measure(args) -> dict:
     from ncis_deploy.bench import BenchOptions, run_bench, validate
     from ncis_deploy.bench import core
     from ncis_deploy.bench.targets import make_target
-    from ncis_deploy.doctor import cpu_record, report as doctor_report
+    from ncis_deploy.cpu import cpu_record
+    from ncis_deploy.doctor import report as doctor_report
     from ncis_deploy.exporters.onnx import build_onnx
 
     record: dict = {"benchmark": "every precision × backend usable on this CPU vs ORT FP32 (interleaved in one run), "
@@ -238,7 +239,12 @@ def readme_block(record: dict) -> str:
             "[details](docs/bench.md#precisions-and-batch-size)).")
     foot = ((f"Not run: {', '.join(f'`{s}`' for s in skipped)} (see the JSON). " if skipped else "")
             + batch_sentence(record) + " ([why](docs/bench.md#precisions-and-batch-size)).")
-    return "\n".join([BEGIN, *textwrap.wrap(head, 118), "", *rows, "", *textwrap.wrap(foot, 118), END])
+    return "\n".join([BEGIN, *_wrap(head), "", *rows, "", *_wrap(foot), END])
+
+
+def _wrap(text: str) -> list[str]:
+    # only at spaces: a break at a hyphen inside a link's path breaks the link
+    return textwrap.wrap(text, 118, break_on_hyphens=False, break_long_words=False)
 
 
 def batch_sentence(record: dict) -> str:

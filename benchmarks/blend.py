@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ncis_deploy.doctor import cpu_record
+from ncis_deploy.cpu import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ncis_deploy.data import ImageSet
-from ncis_deploy.doctor import cpu_record
+from ncis_deploy.cpu import cpu_record
 from ncis_deploy.eval.sweep import label
 from ncis_deploy.fileio import write_json
 from ncis_deploy.model.bsn import FBINet, bilateral

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ncis_deploy.data import BUNDLED_HOLDOUT, ImageSet
-from ncis_deploy.doctor import cpu_record
+from ncis_deploy.cpu import cpu_record
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched, top1_probability

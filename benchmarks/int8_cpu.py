@@ -6,7 +6,9 @@
 Exports the ``ncis`` preset with ``--int8`` once per ``--int8-form`` in ``--forms`` (default: every form; or reads
 ``--export DIR``, one form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on
 each purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need),
-and OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively). Every speed-up is the
+and OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively; compiled for static
+shapes and a batch run in chunks of one 224² image, as the openvino runner does: ``runners.openvino.StaticShapes``;
+ORT runs the batch whole, as its runner does). Every speed-up is the
 median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run
 (these machines are shared) hits both sides. ORT's thread pools do not spin between runs here: a spinning pool of
 one session would steal the cores of the next one.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ncis_deploy import doctor
+from ncis_deploy import cpu
 from ncis_deploy.exporters import quantize
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8, open_export
 from ncis_deploy.exporters.pipeline import ExportOptions, export, versions
@@ -41,6 +43,7 @@ from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.quality import psnr_or_none
 from ncis_deploy.runners.onnxruntime import open_session
+from ncis_deploy.runners.openvino import StaticShapes
 
 RESULT = Path(__file__).parent / "results" / "int8-cpu.json"
 
@@ -64,12 +67,11 @@ def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
     core = ov.Core()
     # int8 comes from the Q/DQ, f32 elsewhere
     todo = [("openvino f32", fp32, "f32")] + [(f"openvino int8/{form}", p, "f32") for form, p in int8.items()]
-    if "bf16" in doctor.native_precisions():
+    if "bf16" in cpu.native_precisions():
         todo.append(("openvino bf16", fp32, "bf16"))
     out = {}
     for label, path, hint in todo:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", _ov_config(hint, threads))
-        out[label] = lambda x, r=compiled.create_infer_request(): r.infer({0: x})[0]
+        out[label] = StaticShapes(core, core.read_model(str(path)), _ov_config(hint, threads)).infer
     return out
 
 
@@ -107,7 +109,7 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=
     batches = quantize.calibration_set(None, h, w).batches
     model = nncf_quantize(fp32, batches)
     core = ov.Core()
-    hints = ["f32"] + (["bf16"] if "bf16" in doctor.native_precisions() else [])
+    hints = ["f32"] + (["bf16"] if "bf16" in cpu.native_precisions() else [])
     cases = quantize.holdout_cases(h, w)
     refs = np.concatenate([ort_fp32(x) for _, x in cases])
     bsn = quantize.bsn_subgraph(fp32)
@@ -124,9 +126,8 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=
 
     for hint in hints:
         cfg = _ov_config(hint, threads)
-        request = core.compile_model(model, "CPU", cfg).create_infer_request()
         label = f"openvino int8/nncf+{hint}"
-        out[label] = lambda x, r=request: r.infer({0: x})[0]
+        out[label] = StaticShapes(core, model, cfg).infer
         quality[f"nncf+{hint}"] = error(out[label]) | {
             "blind_spot_max_abs_change_at_pixel": _blind_spot(core, bsn_q, cfg)}
         print(f"  nncf+{hint}: {quality[f'nncf+{hint}']}", file=sys.stderr)
@@ -213,7 +214,7 @@ def main() -> None:
                                  [r / v for r, v in zip(ref, t)]), 2), "rounds": len(t)})
                 print(f"batch {b}  {k:27s} {rows[-1]['ms_per_batch_median']:8.1f} ms  "
                       f"{rows[-1]['images_per_s']:6.2f} img/s  x{rows[-1]['speedup_vs_onnxruntime_fp32']:.2f}")
-        report = {"machine": doctor.cpu_record(), "load_average_1min": [load_before[0], os.getloadavg()[0]],
+        report = {"machine": cpu.cpu_record(), "load_average_1min": [load_before[0], os.getloadavg()[0]],
                   "versions": versions() | {"openvino": _ov_version()}, "input": [h, w], "threads": args.threads,
                   "results": rows,
                   "int8_quality_vs_fp32": {form: {k: v for k, v in ex.manifest["parity"]["int8"].items()
@@ -221,7 +222,8 @@ def main() -> None:
                   "int8_artifact": {form: ex.artifacts[ONNX_INT8]["quantization"] for form, ex in forms.items()},
                   "nncf_int8_quality_vs_fp32": nncf_quality or None,
                   "method": "interleaved rounds, order alternating; speed-up = median over rounds of the FP32 ORT "
-                            "time / the backend's time in the same round; ORT thread pools not spinning"}
+                            "time / the backend's time in the same round; ORT thread pools not spinning; OpenVINO compiled "
+                            "for static shapes, batches in chunks of <= 224^2 pixels (runners.openvino.StaticShapes)"}
     write_json(args.out, report)
     print(f"wrote {args.out}", file=sys.stderr)
 

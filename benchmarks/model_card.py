@@ -53,7 +53,7 @@ def train_command(cfg: dict) -> str:
 
 
 def machine() -> dict:
-    from ncis_deploy.doctor import cpu_record
+    from ncis_deploy.cpu import cpu_record
 
     return {**cpu_record(), "python": platform.python_version(), "platform": platform.platform()}
 

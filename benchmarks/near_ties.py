@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ncis_deploy.doctor import cpu_record
+from ncis_deploy.cpu import cpu_record
 from ncis_deploy.eval.classifiers import load_classifier
 from ncis_deploy.eval.core import EvalOptions, load_eval_set, purify_batched, top1_probability
 from ncis_deploy.eval.report import eight_bit

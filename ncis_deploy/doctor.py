@@ -18,62 +18,12 @@ import sys
 import warnings
 from typing import Any
 
+from ncis_deploy.cpu import BF16_FLAGS, INT8_FLAGS, ISA_FLAGS, cpu_isa, cpu_model, native_precisions
 from ncis_deploy.errors import missing_package
 
 PROBED_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
                      "onnxruntime-qnn", "ort-nightly", "ort-nightly-gpu")
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (from /proc/cpuinfo on Linux), for benchmark records."""
-    try:
-        for ln in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def cpu_isa() -> list[str]:
-    """The vector/matrix ISA extensions of this CPU that decide FP32/BF16/INT8 speed (from /proc/cpuinfo)."""
-    try:
-        for ln in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if ln.startswith("flags"):
-                have = set(ln.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
-
-
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native BF16 dot products (AVX512-BF16, AMX)
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # INT8 dot products in one instruction (VNNI, AMX)
-
-
-def native_precisions(isa: list[str] | None = None) -> list[str]:
-    """The precisions this CPU computes natively: f32 always, bf16 with BF16_FLAGS, int8 (the fast path) with
-    INT8_FLAGS. Without them a runtime emulates bf16 (or falls back to f32) and runs int8 on slower multi-instruction
-    kernels. ``isa`` defaults to :func:`cpu_isa`."""
-    isa = cpu_isa() if isa is None else isa
-    out = ["f32"]
-    if any(f in isa for f in BF16_FLAGS):
-        out.append("bf16")
-    if any(f in isa for f in INT8_FLAGS):
-        out.append("int8")
-    return out
-
-
-def cpu_record() -> dict:
-    """What every speed figure recorded on a CPU carries: model, ISA flags, cores, torch threads."""
-    import torch
-
-    return {"cpu": cpu_model(), "isa": cpu_isa(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
 
 
 def _err(e: BaseException) -> str:
@@ -282,7 +232,8 @@ def _backends(r: dict) -> dict:
         native = cpu.get("native_precisions", ["f32"])
         # measured on an AVX2-only EPYC: int8 (--int8-form openvino) 1.2x OpenVINO f32, fast/accurate slower than f32
         int8 = ("int8 (Q/DQ artifact)" if "int8" in native else
-                "int8 (Q/DQ artifact; no VNNI/AMX: the slow path, faster than f32 only with --int8-form openvino)")
+                "int8 (Q/DQ artifact; no VNNI/AMX: the slow path, faster than f32 only with --int8-form openvino, "
+                "7-bit weights only)")
         runs = ["f32"] + (["bf16"] if "bf16" in native else []) + [int8]
         out["openvino"] = {"usable": True, "reason": f"OpenVINO {ov.get('version')} on CPU: {', '.join(runs)}; auto = "
                                                      f"{'bf16' if 'bf16' in native else 'f32'}"}

@@ -238,7 +238,7 @@ class _DeferredInterrupt:
 
 
 def _machine(device: torch.device) -> dict:
-    from ncis_deploy.doctor import cpu_record
+    from ncis_deploy.cpu import cpu_record
 
     rec = {"device": str(device), **cpu_record()}
     if device.type == "cuda":

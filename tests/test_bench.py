@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -246,7 +247,7 @@ def test_stand_in_full_size_is_diffpure_class():
 # --------------------------------------------------------------------------------------- backends and precisions
 def fake_doctor(isa=("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"), openvino=True, cuda=False) -> dict:
     """A doctor report with the CPU backends live (ORT CPU, OpenVINO) and the given ISA."""
-    from ncis_deploy.doctor import native_precisions
+    from ncis_deploy.cpu import native_precisions
 
     isa = list(isa)
     ov = {"usable": True, "reason": "OpenVINO 2026 on CPU"} if openvino else \
@@ -385,7 +386,7 @@ def test_int8_export_runs_on_ort_with_a_quality_guard(int8_export, tmp_path):
     (q,) = rep["quality"]
     check_guard(q, "onnxruntime:cpu:int8", "int8")
     art = rep["purifier"]["artifacts"]["onnxruntime:cpu:int8"]
-    assert art["file"].endswith("purifier_int8.onnx") and len(art["sha256"]) == 64 and art["int8_form"] == "fast"
+    assert art["file"].endswith("purifier_int8.onnx") and len(art["sha256"]) == 64 and art["int8_form"] == "fast" and art["int8_weight_bits"] == 7
     (c,) = rep["comparisons"]
     assert (c["backend"], c["vs"], c["batch"]) == ("onnxruntime:cpu:int8", "onnxruntime:cpu", 1)
     assert "**Quality guards**" in r.output and "| onnxruntime:cpu:int8 | onnxruntime:cpu | 2 |" in r.output
@@ -611,5 +612,8 @@ def test_readme_performance_block_is_generated_from_the_recorded_json():
     record = json.loads((root / "benchmarks" / "results" / "bench-precisions-cpu.json").read_text())
     validate(record["bench"])
     assert record["bench"]["machine"]["isa"] and record["machine"]["cpu"]
-    assert mod.readme_block(record) in (root / "README.md").read_text(), \
+    block = mod.readme_block(record)
+    assert block in (root / "README.md").read_text(), \
         "README's perf block is stale: run python benchmarks/bench_precisions.py --readme"
+    for line in block.splitlines():  # no link target broken across lines by the wrapping
+        assert not re.search(r"\]\([^)]*$", line), line

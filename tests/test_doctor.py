@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from ncis_deploy import doctor
+from ncis_deploy import cpu, doctor
 
 
 @pytest.fixture(scope="module")
@@ -115,17 +115,17 @@ def test_serve_verdict_follows_pytriton(rep, monkeypatch):
 
 def test_cpu_isa_and_native_precisions(rep, monkeypatch):
     """The ISA flags come from /proc/cpuinfo; each native precision follows from its flags and nothing else."""
-    cpu = rep["cpu"]
-    assert cpu["model"] and cpu["isa"] == doctor.cpu_isa() and set(cpu["isa"]) <= set(doctor.ISA_FLAGS)
-    assert set(doctor.BF16_FLAGS + doctor.INT8_FLAGS) <= set(doctor.ISA_FLAGS)
-    assert cpu["native_precisions"] == doctor.native_precisions(cpu["isa"])
-    np_ = doctor.native_precisions
+    here = rep["cpu"]
+    assert here["model"] and here["isa"] == cpu.cpu_isa() and set(here["isa"]) <= set(cpu.ISA_FLAGS)
+    assert set(cpu.BF16_FLAGS + cpu.INT8_FLAGS) <= set(cpu.ISA_FLAGS)
+    assert here["native_precisions"] == cpu.native_precisions(here["isa"])
+    np_ = cpu.native_precisions
     assert np_([]) == ["f32"] and np_(["avx2", "fma", "avx512f"]) == ["f32"]
     assert np_(["avx512_bf16"]) == ["f32", "bf16"]
     assert np_(["amx_tile", "amx_bf16", "amx_int8"]) == ["f32", "bf16", "int8"]
     assert np_(["avx_vnni"]) == np_(["avx512_vnni"]) == ["f32", "int8"]
     text = doctor.render(rep)
-    assert "native precisions" in text and ", ".join(cpu["native_precisions"]) in text
+    assert "native precisions" in text and ", ".join(here["native_precisions"]) in text
     monkeypatch.setattr(doctor, "cpu_isa", lambda: ["avx2", "fma"])
     r = doctor.report()
     assert r["cpu"]["native_precisions"] == ["f32"]

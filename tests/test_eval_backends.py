@@ -71,10 +71,10 @@ def test_guards_fail_loudly_when_a_backend_changes_the_figures(tinymod, monkeypa
 
 @pytest.mark.openvino
 def test_openvino_bf16_row_with_its_psnr_or_a_clear_refusal(tinymod):
-    from ncis_deploy import doctor
+    from ncis_deploy import cpu
 
     opts = EvalOptions(**TINY, presets=("ncis",), backends=("openvino:bf16", "openvino:f32"))
-    if "bf16" not in doctor.native_precisions():  # this CPU cannot run bf16: refused before any work
+    if "bf16" not in cpu.native_precisions():  # this CPU cannot run bf16: refused before any work
         with pytest.raises(UserError, match="no native BF16"):
             run_eval(opts)
         return
@@ -139,6 +139,7 @@ def test_int8_backends_from_an_int8_export(tinymod, tmp_path):
     for label in ("openvino:int8", "onnxruntime:int8"):
         row = _rows(rep, label)["ncis"]
         assert row["artifact"]["file"] == str(ex / "purifier_int8.onnx") and row["artifact"]["int8_form"] == "fast"
+        assert row["artifact"]["int8_weight_bits"] == 7
         assert row["psnr_db_min"] > 20 and {s["attack"] for s in row["sets"]} == {"clean", "pgd"}
     assert _rows(rep, "openvino:int8")["ncis"]["runner"]["precision"] == "int8"
 

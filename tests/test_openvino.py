@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from ncis_deploy import doctor
+from ncis_deploy import cpu
 from ncis_deploy.cli import cli
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters.manifest import ONNX_INT8
@@ -87,7 +87,7 @@ def test_f32_equals_onnxruntime_on_dynamic_shapes(dyn_path, purifier, f32):
     assert (f32.precision, f32.inference_precision) == ("f32", "f32")
     # f32 asked for explicitly: the CPU plugin's own default is bf16 on a BF16 CPU (this one included)
     assert set(f32.layer_precisions["Convolution"]) == {"f32"}, f32.layer_precisions
-    assert f32.record["inference_precision_hint"] == "f32" and f32.record["isa"] == doctor.cpu_isa()
+    assert f32.record["inference_precision_hint"] == "f32" and f32.record["isa"] == cpu.cpu_isa()
     spec = f32.input_spec
     assert (spec.batch, spec.height, spec.width) == ((1, None), (2, None), (2, None))
 
@@ -108,7 +108,7 @@ def test_bytes_and_modelproto_and_input_checks(dyn_path, f32):
 def test_bf16_runs_natively_or_is_refused(dyn_path, f32):
     """Where the CPU has BF16 (this machine: avx512_bf16) auto is bf16, and it must really run: close to f32 but
     not equal to it. Elsewhere bf16 must be refused, not emulated, and auto is f32."""
-    if "bf16" not in doctor.native_precisions():
+    if "bf16" not in cpu.native_precisions():
         with pytest.raises(UserError, match="no native BF16"):
             make_runner("openvino", dyn_path, precision="bf16").activate()
         with make_runner("openvino", dyn_path) as r:
@@ -124,18 +124,18 @@ def test_bf16_runs_natively_or_is_refused(dyn_path, f32):
 
 
 def test_bf16_is_refused_when_the_isa_lacks_it(monkeypatch):
-    monkeypatch.setattr(doctor, "cpu_isa", lambda: list(NO_BF16))
-    assert doctor.native_precisions() == ["f32", "int8"]
+    monkeypatch.setattr(cpu, "cpu_isa", lambda: list(NO_BF16))
+    assert cpu.native_precisions() == ["f32", "int8"]
     with pytest.raises(UserError, match=r"no native BF16 \(neither avx512_bf16 nor amx_bf16.*choose precision f32"):
         resolve_precision("bf16", quantized=False)
     assert resolve_precision("auto", quantized=False) == "f32"
-    monkeypatch.setattr(doctor, "cpu_isa", lambda: NO_BF16 + ["amx_tile", "amx_bf16"])
+    monkeypatch.setattr(cpu, "cpu_isa", lambda: NO_BF16 + ["amx_tile", "amx_bf16"])
     assert resolve_precision("bf16", quantized=False) == resolve_precision("auto", quantized=False) == "bf16"
 
 
 @pytest.mark.openvino
 def test_bf16_refused_at_activation_without_the_isa(dyn_path, monkeypatch):
-    monkeypatch.setattr(doctor, "cpu_isa", lambda: list(NO_BF16))
+    monkeypatch.setattr(cpu, "cpu_isa", lambda: list(NO_BF16))
     r = make_runner("openvino", dyn_path, precision="bf16")
     with pytest.raises(UserError, match="no native BF16"):
         r.activate()
@@ -222,3 +222,38 @@ def test_purify_cli_openvino_equals_onnxruntime(dyn_path, tmp_path, image_dir):
                       "no QuantizeLinear/DequantizeLinear")
     assert_user_error(run("--backend", "openvino", "--device", "cuda", "--out", tmp_path / "x"), "CPU only")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.openvino
+def test_each_shape_runs_a_static_compile_of_its_own(dyn_path):
+    """The dynamic-batch model is compiled once more per input shape (faster on OpenVINO's CPU plugin), the most
+    recently used `static_shapes` kept; the results are the dynamic model's."""
+    shapes = [(1, 3, 16, 16), (2, 3, 16, 16), (1, 3, 12, 20)]
+    xs = [x for _, x in cases(shapes)]
+    with OpenVINORunner(dyn_path, precision="f32", static_shapes=0) as dynamic, \
+            OpenVINORunner(dyn_path, precision="f32", static_shapes=2) as static:
+        for x in xs:
+            assert np.abs(static.infer(x) - dynamic.infer(x)).max() < 1e-5
+        assert static.record["compiled_shapes"] == [list(s) for s in shapes[1:]]  # the first one was dropped
+        static.infer(xs[1])
+        assert static.record["compiled_shapes"] == [list(shapes[2]), list(shapes[1])]  # used last: kept longest
+        assert dynamic.record["compiled_shapes"] == [] and dynamic.record["static_shapes"] == 0
+    with pytest.raises(UserError, match="static_shapes"):
+        OpenVINORunner(dyn_path, static_shapes=-1)
+
+
+@pytest.mark.openvino
+def test_a_batch_runs_in_chunks_of_chunk_pixels(dyn_path):
+    """Larger batches run slower per image on OpenVINO's CPU plugin here, so a batch runs as pieces of at most
+    `chunk_pixels` pixels (whole images), each a static compile; the result is the whole batch's."""
+    x = np.concatenate([x for _, x in cases([(2, 3, 16, 16), (2, 3, 16, 16), (1, 3, 16, 16)])])  # 5 images
+    with OpenVINORunner(dyn_path, precision="f32", static_shapes=0, chunk_pixels=0) as whole, \
+            OpenVINORunner(dyn_path, precision="f32", chunk_pixels=2 * 16 * 16 + 5) as chunked:
+        assert np.abs(chunked.infer(x) - whole.infer(x)).max() < 1e-5
+        assert chunked.record["compiled_shapes"] == [[2, 3, 16, 16], [1, 3, 16, 16]]  # 2 + 2 + 1
+        assert chunked.record["chunk_pixels"] == 2 * 16 * 16 + 5
+        chunked.infer(x[:, :, :8, :8])  # 4 times fewer pixels per image: all 5 at once
+        assert chunked.record["compiled_shapes"][-1] == [5, 3, 8, 8]
+    with OpenVINORunner(dyn_path, precision="f32", chunk_pixels=1) as single:  # below one image: one at a time
+        single.infer(x)
+        assert single.record["compiled_shapes"] == [[1, 3, 16, 16]]

@@ -1,6 +1,7 @@
 """``export --int8``: the explicit-Q/DQ graph's form, its masked taps and blind spot, its error against FP32, ONNX
 Runtime's lossless CPU re-encoding, the manifest entry and the calibration folder's errors."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from ncis_deploy import cpu
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import quantize as qz
 from ncis_deploy.exporters.gate import check_tensorrt_compatible, graph_index
@@ -75,7 +77,7 @@ def test_int8_graph_is_explicit_qdq_in_tensorrt_form(small):
         x, w = producer[n.input[0]], producer[n.input[1]]
         assert x.op_type == "DequantizeLinear" and inits[x.input[1]].size == 1, n.name  # activations per tensor
         assert w.op_type == "DequantizeLinear" and inits[w.input[0]].dtype == np.int8, n.name
-        assert np.abs(inits[w.input[0]].astype(int)).max() <= qz.WEIGHT_MAX  # no int16 saturation in u8 x s8 kernels
+        assert np.abs(inits[w.input[0]].astype(int)).max() <= 63  # 7 bits by default: no int16 saturation in u8 x s8
         axis = next(a.i for a in w.attribute if a.name == "axis")
         assert axis == 0 and inits[w.input[1]].shape == (inits[w.input[0]].shape[0],), n.name  # per out channel
         if len(n.input) > 2:
@@ -283,10 +285,12 @@ def test_export_int8_writes_artifact_and_manifest_entry(tmp_path):
     assert p["blind_spot"]["max_abs_change_at_pixel"] == 0.0 and p["masked_taps"]["all_still_zero"]
     assert "int8 (fast), 2 hold-out cases" in r.output and "target 45 dB: met" in r.output
     assert a["quantization"]["int8_form"] == qz.DEFAULT_INT8_FORM == "fast" == ex.int8_form
-    m = json.loads((out / "manifest.json").read_text())  # an export made before --int8-form: its form was "fast"
-    next(x for x in m["artifacts"] if x["file"] == ONNX_INT8)["quantization"].pop("int8_form")
+    assert a["quantization"]["weight_bits"] == qz.DEFAULT_WEIGHT_BITS == 7 == ex.int8_weight_bits
+    m = json.loads((out / "manifest.json").read_text())  # made before --int8-form / -weight-bits: fast, 7 bits
+    for key in ("int8_form", "weight_bits"):
+        next(x for x in m["artifacts"] if x["file"] == ONNX_INT8)["quantization"].pop(key)
     (out / "manifest.json").write_text(json.dumps(m))
-    assert open_export(out).int8_form == "fast"
+    assert (open_export(out).int8_form, open_export(out).int8_weight_bits) == ("fast", 7)
     # the artifact runs where the manifest says, and is what OpenVINO's int8 precision opens
     assert ex.artifact_for("openvino", "int8") == out / ONNX_INT8
     x = qz.holdout_cases(32, 32)[0][1]
@@ -327,6 +331,8 @@ def test_bad_calibration_folder_is_one_line_and_writes_nothing(tmp_path):
                           "--calibration", words)
     assert_user_error(run("export", "--calibration", empty, "--out", out), "only used with --int8")
     assert_user_error(run("export", "--int8-form", "accurate", "--out", out), "--int8-form", "only used with --int8")
+    assert_user_error(run("export", "--int8-weight-bits", "8", "--out", out), "--int8-weight-bits",
+                      "only used with --int8")
     r = run("export", "--int8", "--int8-form", "exact", "--out", out)  # click's own usage error
     assert r.exit_code == 2 and "Invalid value for '--int8-form'" in r.output and "Traceback" not in r.output
     assert_user_error(run("export", "--int8", "--preset", "gs", "--out", out), "--int8", "has none")
@@ -388,3 +394,47 @@ def test_float_nodes_keep_float_what_export_int8_keeps_float(small):
         assert set(names[h:starts[k + 1]]) <= scope
         body = {n.name for n in m.graph.node[starts[k]:h] if n.op_type == "Conv"} - qz.float_convs(m)
         assert body and not scope & body
+
+
+def test_8_bit_weights_are_finer_recorded_and_refused_where_they_would_saturate(small, tmp_path, monkeypatch):
+    """--int8-weight-bits 8: weights use [-127, 127] (7 bits: [-63, 63]), the artifact says so, its error is smaller
+    (onnx's reference evaluator: exact integers on every CPU), and a CPU runner without VNNI/AMX refuses it."""
+    m, amax = small
+    q7, q8 = (qz.quantize_with(m, amax, form="accurate", weight_bits=b) for b in (7, 8))
+    for q, top, bits in ((q7, 63, 7), (q8, 127, 8)):
+        inits, producer = _inits(q), _by_output(q)
+        ints = [inits[producer[n.input[1]].input[0]] for n in q.graph.node
+                if n.op_type == "Conv" and producer.get(n.input[1]) is not None]
+        assert max(int(np.abs(w.astype(int)).max()) for w in ints) == top
+        assert qz.weight_bits(q) == qz.structure(q)["weight_bits"] == bits
+    x = qz.holdout_cases(H, W)[0][1][:1]
+
+    def reference(model):  # the evaluator implements DequantizeLinear from opset 19 (same int8 semantics as 18)
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.opset_import[0].version = 19
+        with make_runner("reference", model.SerializeToString()) as r:
+            return r.infer(x)
+
+    ref = reference(m)
+    err = {bits: float(np.abs(reference(q) - ref).mean()) for bits, q in ((7, q7), (8, q8))}
+    assert err[8] < err[7], err
+    with pytest.raises(UserError, match="must be one of 7, 8"):
+        qz.quantize_with(m, amax, weight_bits=6)
+    monkeypatch.setattr(cpu, "cpu_isa", lambda: ["avx2", "fma", "avx512f"])  # no VNNI / AMX
+    with pytest.raises(UserError, match="8-bit int8 weights.*--int8-weight-bits 7"):
+        make_runner("onnxruntime", q8.SerializeToString()).activate()
+    make_runner("onnxruntime", q7.SerializeToString()).activate().deactivate()  # 7 bits: exact anywhere
+    if importlib.util.find_spec("openvino") is not None:
+        with pytest.raises(UserError, match="OpenVINO's int8 kernels"):
+            make_runner("openvino", q8.SerializeToString(), precision="int8").activate()
+    # exporting 8 bits needs a CPU that can check them; refused before anything is written
+    bsn_only(layers=5).save(tmp_path / "p")
+    out = tmp_path / "e"
+    args = ("export", "--config", tmp_path / "p", "--out", out, "--height", 32, "--width", 32, "--int8",
+            "--int8-form", "accurate", "--int8-weight-bits", "8", "--no-tensorrt")
+    assert_user_error(run(*args), "--int8-weight-bits 8", "no avx512_vnni")
+    assert not out.exists()
+    monkeypatch.setattr(cpu, "cpu_isa", lambda: ["avx2", "fma", "avx512f", "avx512_vnni"])
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert open_export(out).artifacts[ONNX_INT8]["quantization"]["weight_bits"] == 8

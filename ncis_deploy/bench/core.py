@@ -141,7 +141,7 @@ def availability(doc: dict) -> dict[str, tuple[bool, str]]:
 def _precision_availability(doc: dict, out: dict) -> dict[str, tuple[bool, str]]:
     """openvino:cpu and the low-precision labels: bf16 only where the CPU computes it natively (doctor's ISA
     verdict), int8 wherever the runtime runs (whether the source has the int8 artifact is decided per source)."""
-    from ncis_deploy.doctor import BF16_FLAGS, native_precisions
+    from ncis_deploy.cpu import BF16_FLAGS, native_precisions
 
     cpu = doc.get("cpu", {})
     native = cpu.get("native_precisions") or native_precisions()
@@ -386,7 +386,7 @@ def _int8_onnx(spec: BackendSpec, src: Source, say) -> Path:
     path = src.export.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {src.export_dir}")
     form, best = src.export.int8_form, FASTEST_FORM.get(spec.backend)
     src.artifacts[spec.label] = {"file": str(path), "sha256": src.export.artifacts[ONNX_INT8]["sha256"],
-                                 "int8_form": form}
+                                 "int8_form": form, "int8_weight_bits": src.export.int8_weight_bits}
     if best is not None and form != best:
         say(f"note: {spec.label} runs this export's int8 form '{form}'; {spec.backend} runs --int8-form {best} "
             f"fastest (docs/export.md): ncis-deploy export --int8 --int8-form {best}")
@@ -423,7 +423,7 @@ def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
 # ---------------------------------------------------------------------------------------------------- machine
 def machine(doc: dict) -> dict:
     import ncis_deploy
-    from ncis_deploy.doctor import cpu_isa, cpu_model, native_precisions
+    from ncis_deploy.cpu import cpu_isa, cpu_model, native_precisions
 
     cpu = cpu_model()
 

@@ -118,7 +118,8 @@ class Plan:
         path = ex.artifact_for(spec.backend, spec.precision)
         if spec.precision == "int8" and spec.backend == "onnxruntime":  # artifact_for maps only openvino to int8
             path = ex.path(ONNX_INT8, f"write one with: ncis-deploy export --int8 --out {ex.dir}")
-        extra = {"int8_form": ex.int8_form} if spec.precision == "int8" else {}
+        extra = {"int8_form": ex.int8_form, "int8_weight_bits": ex.int8_weight_bits} if spec.precision == "int8" \
+            else {}
         return str(path), {"file": str(path), "sha256": sha256_file(Path(path))} | extra
 
 

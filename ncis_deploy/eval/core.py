@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ncis_deploy.data import PHOTO_SPLITS
-from ncis_deploy.doctor import cpu_isa, cpu_model
+from ncis_deploy.cpu import cpu_isa, cpu_model
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import Classifier, load_classifier

@@ -454,7 +454,7 @@ def _versions() -> dict:
 
 
 def _settings(report: dict) -> str:
-    from ncis_deploy.doctor import cpu_record
+    from ncis_deploy.cpu import cpu_record
 
     machine = {**cpu_record(), "platform": platform.platform()}
     machine["isa"] = " ".join(machine.get("isa") or []) or "—"

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ncis_deploy.doctor import cpu_record
+from ncis_deploy.cpu import cpu_record
 from ncis_deploy.errors import UserError
 from ncis_deploy.eval import attacks as A
 from ncis_deploy.eval.classifiers import load_classifier

@@ -196,6 +196,10 @@ class Export:
     def int8_form(self) -> str | None:
         return int8_form(self.manifest)
 
+    @property
+    def int8_weight_bits(self) -> int | None:
+        return int8_weight_bits(self.manifest)
+
     def has(self, name: str) -> bool:
         return name in self.artifacts and (self.dir / name).is_file()
 
@@ -232,8 +236,18 @@ class Export:
 def int8_form(manifest: dict) -> str | None:
     """Where a manifest's INT8 artifact puts its Q/DQ (``export --int8-form``), None without one; exports made
     before the option have the "fast" placement and do not name it."""
+    return _int8_quantization(manifest, "int8_form", "fast")
+
+
+def int8_weight_bits(manifest: dict) -> int | None:
+    """The weight width of a manifest's INT8 artifact (``export --int8-weight-bits``), None without one; exports
+    made before the option have 7-bit weights and do not name it."""
+    return _int8_quantization(manifest, "weight_bits", 7)
+
+
+def _int8_quantization(manifest: dict, key: str, before: object):
     entry = next((a for a in manifest["artifacts"] if a["file"] == ONNX_INT8), None)
-    return None if entry is None else entry.get("quantization", {}).get("int8_form", "fast")
+    return None if entry is None else entry.get("quantization", {}).get(key, before)
 
 
 def _check_fields(m) -> None:

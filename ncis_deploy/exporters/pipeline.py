@@ -25,7 +25,7 @@ from ncis_deploy.exporters import plugin_ref
 from ncis_deploy.exporters.manifest import (DEFAULT_DIR, ENGINE, ONNX, ONNX_CLASSIFIER, ONNX_FP16, ONNX_INT8,
                                             ExportWriter, check_out, new_manifest, sha256_file, staged_export)
 from ncis_deploy.exporters.classifier import load_classifier, merge_classifier
-from ncis_deploy.exporters.quantize import DEFAULT_INT8_FORM, INT8_FORMS
+from ncis_deploy.exporters.quantize import DEFAULT_INT8_FORM, DEFAULT_WEIGHT_BITS, INT8_FORMS, weight_max
 from ncis_deploy.exporters.parity import (FP32_TOLERANCE, bsn_tap_report, check_parity, classifier_agreement,
                                           parity_inputs, reference_parity)
 from ncis_deploy.model.purifier import DEFAULT_PRESET, load_purifier
@@ -47,6 +47,7 @@ class ExportOptions:
     int8: bool = False  # also write an INT8 ONNX with explicit Q/DQ (exporters/quantize.py)
     calibration: str | None = None  # --int8 calibration image folder; None: the bundled training photos
     int8_form: str = DEFAULT_INT8_FORM  # where --int8 puts Q/DQ: quantize.INT8_FORMS
+    int8_weight_bits: int = DEFAULT_WEIGHT_BITS  # --int8 weight width: quantize.WEIGHT_BITS
     tensorrt: bool | None = None  # None: build an engine when TensorRT and a GPU are usable
     version_compatible: bool = False
     workspace_gib: float = 4.0
@@ -246,6 +247,9 @@ def _check_int8_options(opts: ExportOptions, plugin: bool, purifier):
         raise UserError("--int8-form is only used with --int8")
     if opts.int8_form not in INT8_FORMS:
         raise UserError(f"--int8-form {opts.int8_form!r} is not one of {', '.join(INT8_FORMS)}")
+    if opts.int8_weight_bits != DEFAULT_WEIGHT_BITS and not opts.int8:
+        raise UserError("--int8-weight-bits is only used with --int8")
+    weight_max(opts.int8_weight_bits)
     if not opts.int8:
         return None
     if plugin:
@@ -254,6 +258,13 @@ def _check_int8_options(opts: ExportOptions, plugin: bool, purifier):
     if purifier.bsn is None:
         raise UserError("--int8 quantizes the blind-spot network and this purifier has none (it is GS only or the "
                         "identity); export it without --int8")
+    if opts.int8_weight_bits > DEFAULT_WEIGHT_BITS:
+        from ncis_deploy import cpu
+
+        if "int8" not in cpu.native_precisions():
+            raise UserError(f"--int8-weight-bits {opts.int8_weight_bits}: this CPU ({cpu.cpu_model()}) has no "
+                            f"{' / '.join(cpu.INT8_FLAGS)}, so ONNX Runtime's int8 kernels saturate such weights "
+                            "and the export cannot check the artifact here; export on a CPU with VNNI/AMX, or use 7")
     from ncis_deploy.exporters.quantize import calibration_set
 
     return calibration_set(opts.calibration, opts.height, opts.width)
@@ -266,9 +277,9 @@ def _write_int8(job: _Job, writer: ExportWriter) -> None:
     from ncis_deploy.exporters.gate import check_tensorrt_compatible
 
     o, manifest = job.opts, writer.manifest
-    job.say(f"INT8 ONNX: calibrating on {job.calibration.source}, writing explicit Q/DQ (form {o.int8_form}), "
-            "checking it against FP32")
-    m8 = quantize.quantize(job.model, job.calibration, form=o.int8_form)
+    job.say(f"INT8 ONNX: calibrating on {job.calibration.source}, writing explicit Q/DQ (form {o.int8_form}, "
+            f"{o.int8_weight_bits}-bit weights), checking it against FP32")
+    m8 = quantize.quantize(job.model, job.calibration, form=o.int8_form, weight_bits=o.int8_weight_bits)
     onnx.checker.check_model(m8, full_check=True)
     check_tensorrt_compatible(m8)
     data = _save(writer, ONNX_INT8, m8)

@@ -1,6 +1,6 @@
 """``export --int8``: the purifier with explicit QuantizeLinear/DequantizeLinear, calibrated on photos.
 
-The form: int8 with zero point 0 everywhere, weights symmetric per output channel (7 bits, see ``WEIGHT_MAX``),
+The form: int8 with zero point 0 everywhere, weights symmetric per output channel (7 bits or 8, ``WEIGHT_BITS``),
 activations symmetric per tensor (scale = the largest |value| seen in calibration / 127), as explicit Q/DQ pairs.
 That is the one INT8 form TensorRT 10.1+/11 accepts (no int32 or uint8 Q/DQ, no zero points), the one OpenVINO turns
 into FakeQuantize, and the one ONNX Runtime's CPU EP fuses into QLinear* kernels once re-encoded losslessly in uint8
@@ -57,10 +57,14 @@ from ncis_deploy.exporters.gate import graph_index
 from ncis_deploy.quality import LOW_PRECISION_PSNR_DB
 
 INT8_MAX = 127
-# Weights use 7 bits ([-63, 63]): x86 u8 x s8 kernels without VNNI (vpmaddubsw) add two products in int16, which
-# 255·127·2 overflows and 255·63·2 does not. Measured on the mean4-baseline purifier at 224²: 51.9 dB vs FP32 with
-# 7-bit weights, 51.8 with 8-bit (activation rounding dominates), so exactness on every CPU costs nothing.
-WEIGHT_MAX = 63
+# Weights use 7 bits ([-63, 63]) by default: x86 u8 x s8 kernels without VNNI/AMX (vpmaddubsw) add two products in
+# int16, which 255·127·2 overflows and 255·63·2 does not, so a 7-bit artifact computes the same on every CPU. 8 bits
+# ([-127, 127], ``export --int8-weight-bits 8``) are for TensorRT and for CPUs with VNNI/AMX (the CPU runners refuse
+# them elsewhere: :func:`ncis_deploy.cpu.check_int8_weights`). Shipped ``ncis`` at 224², hold-out photos, vs FP32: accurate 64.0 →
+# 66.6 dB, openvino 60.3 → 60.7, fast 58.9 → 59.7 (activation rounding dominates those two; on the mean4-baseline
+# purifier 8 bits measured 51.8 dB against 7 bits' 51.9).
+WEIGHT_BITS = (7, 8)
+DEFAULT_WEIGHT_BITS = 7
 NEG_GAIN = 256.0  # α of the LeakyRelu that computes min(y, 0): > 2·127, so y's positive side rounds to 0
 CALIBRATION_MAX_IMAGES = 16  # a folder's images are spread over this many; the bundled set has 9
 PSNR_TARGET_DB = LOW_PRECISION_PSNR_DB
@@ -295,13 +299,21 @@ def ranges(fp32: onnx.ModelProto, batches: list[np.ndarray]) -> dict[str, float]
 
 
 # -------------------------------------------------------------------------------------------------------- Q/DQ
-def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output channel (axis 0), in [-WEIGHT_MAX, WEIGHT_MAX]: (int8 weights, float32 scales). A
-    zero weight is exactly 0 and an all-zero channel gets scale 1."""
+def weight_max(bits: int) -> int:
+    """The largest |integer| of a ``bits``-bit symmetric weight (63 or 127)."""
+    if bits not in WEIGHT_BITS:
+        raise UserError(f"--int8-weight-bits must be one of {', '.join(map(str, WEIGHT_BITS))}, got {bits!r}")
+    return 2 ** (bits - 1) - 1
+
+
+def quantize_weight(w: np.ndarray, bits: int = DEFAULT_WEIGHT_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel (axis 0), in [-m, m] for m = :func:`weight_max` (bits): (int8 weights,
+    float32 scales). A zero weight is exactly 0 and an all-zero channel gets scale 1."""
+    top = weight_max(bits)
     w = np.asarray(w, np.float64)
     amax = np.abs(w).reshape(len(w), -1).max(axis=1)
-    scale = np.where(amax > 0, amax / WEIGHT_MAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale.astype(np.float64).reshape(-1, *[1] * (w.ndim - 1))), -WEIGHT_MAX, WEIGHT_MAX)
+    scale = np.where(amax > 0, amax / top, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale.astype(np.float64).reshape(-1, *[1] * (w.ndim - 1))), -top, top)
     return q.astype(np.int8), scale
 
 
@@ -431,7 +443,7 @@ def _factor(mul: onnx.NodeProto, inits) -> float | None:
 
 
 def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names: set[str],
-               form: str = DEFAULT_INT8_FORM) -> onnx.ModelProto:
+               form: str = DEFAULT_INT8_FORM, weight_bits: int = DEFAULT_WEIGHT_BITS) -> onnx.ModelProto:
     """Explicit Q/DQ around every int8 op of a (for form "fast": split-PRelu) graph (:func:`int8_plan`), one DQ per
     reader.
 
@@ -476,7 +488,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names:
                 w = numpy_helper.to_array(inits[t])
                 base = f"{n.name}@in{k}"
                 if n.op_type == "Conv":  # weights: per output channel
-                    wq, ws = quantize_weight(w)
+                    wq, ws = quantize_weight(w, weight_bits)
                     new_inits += [numpy_helper.from_array(wq, f"{base}@w"), numpy_helper.from_array(ws, f"{base}@ws"),
                                   numpy_helper.from_array(np.zeros(len(ws), np.int8), f"{base}@wz")]
                     node.input[k] = dq(f"{base}@w", f"{base}@ws", f"{base}@wz", base, axis=0)
@@ -504,23 +516,25 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], float_conv_names:
 
 
 def quantize(fp32: onnx.ModelProto, calibration: Calibration, *, float_layers: int = FLOAT_MASKED_LAYERS,
-             form: str = DEFAULT_INT8_FORM) -> onnx.ModelProto:
+             form: str = DEFAULT_INT8_FORM, weight_bits: int = DEFAULT_WEIGHT_BITS) -> onnx.ModelProto:
     """The INT8 graph of an FP32 purifier graph (from :func:`ncis_deploy.exporters.onnx.build_onnx`), Q/DQ placed
-    as ``form`` says (:data:`INT8_FORMS`)."""
+    as ``form`` says (:data:`INT8_FORMS`), weights in ``weight_bits`` bits (:data:`WEIGHT_BITS`)."""
     amax = ranges(fp32, calibration.batches)
-    return quantize_with(fp32, amax, float_layers=float_layers, form=form)
+    return quantize_with(fp32, amax, float_layers=float_layers, form=form, weight_bits=weight_bits)
 
 
 def quantize_with(fp32: onnx.ModelProto, amax: dict[str, float], *, float_layers: int = FLOAT_MASKED_LAYERS,
-                  form: str = DEFAULT_INT8_FORM) -> onnx.ModelProto:
+                  form: str = DEFAULT_INT8_FORM, weight_bits: int = DEFAULT_WEIGHT_BITS) -> onnx.ModelProto:
     """:func:`quantize` with ranges already measured (:func:`ranges`)."""
+    weight_max(weight_bits)  # a bad value fails before any work
     floats = float_convs(fp32, float_layers)
     int8_nodes, _ = int8_plan(fp32, floats, form)
     split = split_prelu(fp32, only={n.name for n in fp32.graph.node if n.op_type == "PRelu" and n.name in int8_nodes})
-    m = insert_qdq(split, amax, floats, form)
+    m = insert_qdq(split, amax, floats, form, weight_bits)
     props = {p.key: p.value for p in m.metadata_props}
     props.update({"ncis_deploy.precision": "int8", "ncis_deploy.int8_form": form,
-                  "ncis_deploy.int8_float_masked_layers": str(float_layers)})
+                  "ncis_deploy.int8_float_masked_layers": str(float_layers),
+                  WEIGHT_BITS_KEY: str(weight_bits)})
     del m.metadata_props[:]
     helper.set_model_props(m, props)
     return m
@@ -532,14 +546,24 @@ def structure(model: onnx.ModelProto) -> dict:
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     int8 = [n for n in convs if n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"]
     props = {p.key: p.value for p in model.metadata_props}
-    form = props["ncis_deploy.int8_form"]
-    return {"int8_form": form, "placement": INT8_FORMS[form],
+    form, bits = props["ncis_deploy.int8_form"], weight_bits(model)
+    top = weight_max(bits)
+    return {"int8_form": form, "placement": INT8_FORMS[form], "weight_bits": bits,
             "form": "explicit QuantizeLinear/DequantizeLinear, int8, zero point 0; weights symmetric per output "
-                    f"channel in [-{WEIGHT_MAX}, {WEIGHT_MAX}], activations symmetric per tensor"
+                    f"channel in [-{top}, {top}], activations symmetric per tensor"
                     + ("; PRelu as y + (a-1)*min(y, 0)" if form == "fast" else ""),
             "float_masked_layers": int(props["ncis_deploy.int8_float_masked_layers"]), "int8_convs": len(int8),
             "float_convs": len(convs) - len(int8),
             **{op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}}
+
+
+WEIGHT_BITS_KEY = "ncis_deploy.int8_weight_bits"  # metadata of the artifact; absent (older artifacts): 7
+
+
+def weight_bits(model: onnx.ModelProto) -> int:
+    """The weight width an INT8 artifact was written with (its metadata; 7 where absent)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    return int(props.get(WEIGHT_BITS_KEY, DEFAULT_WEIGHT_BITS))
 
 
 # ------------------------------------------------------------------------------------------------------ checks

@@ -201,9 +201,10 @@ def cpu_qdq_form(model: "str | os.PathLike | bytes") -> bytes | None:
       ORT's NHWC layout pass only propagates from a conv, and without it every conv of the purifier got a
       transpose on each side (121 of them, a third of the int8 time).
 
-    Weights keep int8 (ORT's u8 × s8 kernels; the exporter keeps them within ±63, so the kernels without VNNI, which
-    add two u8 × s8 products in int16, cannot saturate). A model without int8 Q/DQ comes back as None, unparsed beyond
-    a byte search.
+    Weights keep int8 (ORT's u8 × s8 kernels; by default the exporter keeps them within ±63, so the kernels without
+    VNNI, which add two u8 × s8 products in int16, cannot saturate; 8-bit weights are refused on such a CPU:
+    :func:`ncis_deploy.cpu.check_int8_weights`). A model without int8 Q/DQ comes back as None, unparsed
+    beyond a byte search.
     """
     if isinstance(model, bytes):
         data = model
@@ -220,6 +221,9 @@ def cpu_qdq_form(model: "str | os.PathLike | bytes") -> bytes | None:
         m = onnx.load_from_string(data)
     except Exception:  # noqa: BLE001  (ORT reports a corrupt model in its own words)
         return None
+    from ncis_deploy.cpu import check_int8_weights
+
+    check_int8_weights(m, "ONNX Runtime", "the int8 model" if isinstance(model, bytes) else str(model))
     dropped = _drop_identity_muls(m)
     entries = _conv_at_int8_entries(m)
     converted = _activations_to_uint8(m)

@@ -20,17 +20,31 @@ model, and the runtime precision of every Convolution/MatMul/FullyConnected in i
 
 One synchronous infer request with the LATENCY hint (one stream using every thread): a sync request runs on one
 stream, so THROUGHPUT's several streams would only split the threads it could have used.
+
+The exported purifier has a dynamic batch (and with ``--dynamic-hw`` dynamic height and width), and OpenVINO's CPU
+plugin runs it fastest in static-shaped pieces of about one 224² image (measured interleaved on a Zen 5 AMD EPYC
+with avx512_bf16, the ``ncis`` purifier, bf16; docs/bench.md):
+
+* a static shape beats the dynamic model: 27.8 vs 31.6 ms at batch 1, 249 vs 275 ms at batch 8 (the int8 artifact
+  6-10 %; compiling costs ≈ 0.15 s). So each input shape met is compiled once more as a static model, the
+  ``static_shapes`` most recently used kept, the way a TensorRT engine gets an optimization profile per shape;
+* per image, larger batches run slower (bench's "batch split" measurement; a batch's activations outgrow the caches
+  sooner): at 224², 8 images run as 8 batches of 1 at 34.7 img/s, as one batch of 8 at 27.5 (f32 21.0 vs 15.3,
+  the int8 artifact 32.4 vs 28.9); at 112² the best piece is 4 images (bf16 130 img/s, 128 as 8, 123 as 1). So a
+  batch runs in chunks of at most ``chunk_pixels`` pixels (default 224², whole images, at least one).
+
+:class:`StaticShapes` does both.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from ncis_deploy import doctor
+from ncis_deploy import cpu
 from ncis_deploy.errors import UserError, missing_package
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8
 from ncis_deploy.runners import precision_name
@@ -41,6 +55,8 @@ _HINTS = {"f32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: what is not quan
 _COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected")
 _INT8_TYPES = ("u8", "i8")
 _ELEMENT_DTYPES = {"f32": "float32", "f16": "float16"}
+STATIC_SHAPES = 4  # compiled static shapes kept per runner; ≈ 0.15 s and one copy of the weights each
+CHUNK_PIXELS = 224 * 224  # the largest piece of a batch run at once (module docstring: measured optimum)
 
 
 def import_openvino():
@@ -61,7 +77,7 @@ def normalize_precision(precision: str) -> str:
 def resolve_precision(requested: str, *, quantized: bool, where: str = "the model") -> str:
     """The precision to run ``requested`` at here, or a UserError saying why this CPU / model cannot.
 
-    The CPU's native precisions come from :func:`ncis_deploy.doctor.native_precisions` (its ISA flags).
+    The CPU's native precisions come from :func:`ncis_deploy.cpu.native_precisions` (its ISA flags).
     """
     p = normalize_precision(requested)
     if quantized:
@@ -73,13 +89,13 @@ def resolve_precision(requested: str, *, quantized: bool, where: str = "the mode
     if p == "int8":
         raise UserError(f"{where} has no QuantizeLinear/DequantizeLinear nodes, so there is nothing to run in int8; "
                         f"pass the {ONNX_INT8} that `ncis-deploy export --int8` writes, or choose f32, bf16 or auto")
-    native = doctor.native_precisions()
+    native = cpu.native_precisions()
     if p == "auto":
         return "bf16" if "bf16" in native else "f32"
     if p == "bf16" and "bf16" not in native:
-        isa = ", ".join(doctor.cpu_isa()) or "none found"
-        raise UserError(f"this CPU ({doctor.cpu_model()}) has no native BF16 (neither "
-                        f"{' nor '.join(doctor.BF16_FLAGS)} among its flags: {isa}); OpenVINO would emulate bf16 or "
+        isa = ", ".join(cpu.cpu_isa()) or "none found"
+        raise UserError(f"this CPU ({cpu.cpu_model()}) has no native BF16 (neither "
+                        f"{' nor '.join(cpu.BF16_FLAGS)} among its flags: {isa}); OpenVINO would emulate bf16 or "
                         "silently fall back to f32, so it is refused: choose precision f32 or auto")
     return p
 
@@ -91,22 +107,94 @@ def _first_line(e: Exception) -> str:
     return (useful or lines or [type(e).__name__])[-1]
 
 
+def _whole(name: str, value, default: int) -> int:
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+class StaticShapes:
+    """``infer(x)``: ``model`` on ``x`` in chunks of at most ``chunk_pixels`` pixels (whole images, at least one; 0:
+    the whole batch), each compiled for its exact shape: one compile per new shape, the ``keep`` most recently used
+    kept. ``fallback`` (the model compiled as it is) runs every shape when ``keep`` is 0 or the model's input shape
+    is static already; chunks only where the batch dimension is dynamic.
+
+    ``model`` is an ``openvino.Model`` (not changed: each shape compiles a clone), ``config`` the compile config."""
+
+    def __init__(self, core, model, config: dict, *, keep: int = STATIC_SHAPES, chunk_pixels: int = CHUNK_PIXELS,
+                 fallback=None):
+        self.core, self.model, self.config = core, model, dict(config)
+        shape = model.inputs[0].get_partial_shape()
+        self.keep = keep if shape.is_dynamic else 0
+        self.chunk_pixels = chunk_pixels if shape[0].is_dynamic else 0
+        self.fallback = fallback if fallback is not None or self.keep else core.compile_model(model, "CPU", config)
+        self._requests: OrderedDict[tuple, tuple] = OrderedDict()
+        self._fallback_request = None
+
+    @property
+    def shapes(self) -> list[list[int]]:
+        """The shapes compiled as static models, least recently used first."""
+        return [list(k) for k in self._requests]
+
+    def chunk(self, shape) -> int:
+        """How many images of an input of ``shape`` (N, C, H, W) run at once."""
+        n, _, h, w = shape
+        return n if not self.chunk_pixels else max(1, min(n, self.chunk_pixels // max(1, h * w)))
+
+    def _request(self, shape: tuple) -> tuple:
+        if not self.keep:
+            if self._fallback_request is None:
+                self._fallback_request = (self.fallback.create_infer_request(), self.fallback.output(0))
+            return self._fallback_request
+        if shape in self._requests:
+            self._requests.move_to_end(shape)
+            return self._requests[shape]
+        model = self.model.clone()
+        model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        compiled = self.core.compile_model(model, "CPU", self.config)
+        if len(self._requests) >= self.keep:
+            self._requests.popitem(last=False)
+        self._requests[shape] = (compiled.create_infer_request(), compiled.output(0))
+        return self._requests[shape]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        request, output = self._request(tuple(x.shape))
+        return np.asarray(request.infer({0: x}, share_inputs=True)[output])
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        n, step = len(x), self.chunk(x.shape)
+        if step >= n:
+            return self._run(x)
+        out = None
+        for i in range(0, n, step):
+            y = self._run(x[i:i + step])
+            if out is None:
+                out = np.empty((n, *y.shape[1:]), y.dtype)
+            out[i:i + len(y)] = y
+        return out
+
+
 class OpenVINORunner(Runner):
     """Run an ONNX purifier (a path, serialized bytes or an ``onnx.ModelProto``) with OpenVINO on the CPU.
 
     ``precision``: auto | f32 | bf16 | int8 (see the module docstring). ``threads``: ``INFERENCE_NUM_THREADS``
     (None: OpenVINO's default, every physical core). After activation, :attr:`precision` is the precision that ran,
     :attr:`inference_precision` the hint read back from the compiled model, :attr:`layer_precisions` the runtime
-    precisions of its compute layers, and :attr:`record` all of it as plain data.
+    precisions of its compute layers, and :attr:`record` all of it as plain data. ``static_shapes``: how many input
+    shapes to keep compiled as static models (None: :data:`STATIC_SHAPES`; 0: run the dynamic model as it is);
+    ``chunk_pixels``: the most pixels of a batch run at once (None: :data:`CHUNK_PIXELS`; 0: the whole batch).
     """
 
     name = "openvino"
 
     def __init__(self, model, *, precision: str = "auto", threads: int | None = None, device: str = "CPU",
-                 check_range: bool = True):
+                 check_range: bool = True, static_shapes: int | None = None, chunk_pixels: int | None = None):
         super().__init__(check_range=check_range)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise UserError(f"threads must be a positive integer, got {threads!r}")
+        self.static_shapes = _whole("static_shapes", static_shapes, STATIC_SHAPES)
+        self.chunk_pixels = _whole("chunk_pixels", chunk_pixels, CHUNK_PIXELS)
         if str(device).upper() != "CPU":
             raise UserError(f"the openvino backend runs on the CPU only, not {device!r}")
         self.requested_precision = normalize_precision(precision)
@@ -126,8 +214,7 @@ class OpenVINORunner(Runner):
         self.layer_precisions: dict[str, dict[str, int]] = {}
         self.openvino_version: str | None = None
         self.compiled = None
-        self._request = None
-        self._output = None
+        self._shapes: StaticShapes | None = None
 
     @property
     def _where(self) -> str:
@@ -139,7 +226,9 @@ class OpenVINORunner(Runner):
         return {"backend": self.name, "device": self.device, "openvino": self.openvino_version,
                 "requested_precision": self.requested_precision, "precision": self.precision,
                 "inference_precision_hint": self.inference_precision, "layer_precisions": self.layer_precisions,
-                "threads": self.threads, "cpu": doctor.cpu_model(), "isa": doctor.cpu_isa()}
+                "threads": self.threads, "static_shapes": self.static_shapes, "chunk_pixels": self.chunk_pixels,
+                "compiled_shapes": self._shapes.shapes if self._shapes is not None else [],
+                "cpu": cpu.cpu_model(), "isa": cpu.cpu_isa()}
 
     # ---- lifecycle
     def activate_impl(self) -> None:
@@ -170,6 +259,8 @@ class OpenVINORunner(Runner):
         spec = input_spec_from_shape(port.get_any_name(), dims, dtype, f"ONNX model {self._where}")
         quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
         precision = resolve_precision(self.requested_precision, quantized=quantized, where=self._where)
+        if precision == "int8":
+            self._check_weight_bits()
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
@@ -189,9 +280,21 @@ class OpenVINORunner(Runner):
             raise UserError(f"OpenVINO runs no layer of {self._where} in int8 although it has Q/DQ nodes (its "
                             f"compute layers ran as {dict(ran)}); re-export it with `ncis-deploy export --int8`")
         self.input_spec = spec
-        self.compiled, self._request, self._output = compiled, compiled.create_infer_request(), compiled.output(0)
+        self.compiled = compiled
+        self._shapes = StaticShapes(core, model, config, keep=self.static_shapes, chunk_pixels=self.chunk_pixels,
+                                    fallback=compiled)
         self.precision, self.inference_precision, self.layer_precisions = precision, hint, layers
         self.openvino_version = str(getattr(ov, "__version__", "?")).split("-")[0]  # "2026.4.1-22982-...": the release
+
+    def _check_weight_bits(self) -> None:
+        import onnx
+
+        try:
+            proto = onnx.load_from_string(self.model) if self.path is None else \
+                onnx.load(str(self.path), load_external_data=False)
+        except Exception:  # noqa: BLE001  (OpenVINO read it; onnx cannot, so there are no weights to look at)
+            return
+        cpu.check_int8_weights(proto, "OpenVINO", self._where)
 
     @staticmethod
     def _layer_precisions(compiled) -> dict[str, dict[str, int]]:
@@ -205,8 +308,7 @@ class OpenVINORunner(Runner):
         return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        result = self._request.infer({0: x}, share_inputs=True)
-        return np.asarray(result[self._output])
+        return self._shapes.infer(x)
 
     def deactivate_impl(self) -> None:
-        self._request = self.compiled = self._output = None
+        self._shapes = self.compiled = None
