@@ -438,3 +438,4 @@ def test_8_bit_weights_are_finer_recorded_and_refused_where_they_would_saturate(
     r = run(*args)
     assert r.exit_code == 0, r.output
     assert open_export(out).artifacts[ONNX_INT8]["quantization"]["weight_bits"] == 8
+    assert "int8 (accurate, 8-bit weights), 2 hold-out cases" in r.output

@@ -9,9 +9,10 @@ import click
 from ncis_deploy.cli import default_help, given, purifier_options, resolve_purifier_source, user_errors, write_outputs
 from ncis_deploy.exporters.manifest import MANIFEST
 from ncis_deploy.exporters.manifest import int8_form as manifest_int8_form  # `export` has an int8_form option
+from ncis_deploy.exporters.manifest import int8_weight_bits as manifest_int8_weight_bits
 from ncis_deploy.exporters.pipeline import ExportOptions, parse_batch
 from ncis_deploy.exporters.pipeline import export as run_export
-from ncis_deploy.exporters.quantize import INT8_FORMS
+from ncis_deploy.exporters.quantize import DEFAULT_WEIGHT_BITS, INT8_FORMS
 from ncis_deploy.exporters.tensorrt import DEFAULT_TIMING_CACHE
 
 OPTIONS = ExportOptions  # where this command's defaults live
@@ -126,7 +127,9 @@ def render_manifest(m: dict, out: Path) -> str:
     if "int8" in m["parity"]:
         p = m["parity"]["int8"]
         verdict = "met" if p["meets_psnr_target"] else "MISSED"
-        lines.append(f"{'int8 (' + manifest_int8_form(m) + '), ' + str(len(p['cases'])) + ' hold-out cases':<34} "
+        bits = manifest_int8_weight_bits(m)
+        form = manifest_int8_form(m) + (f", {bits}-bit weights" if bits != DEFAULT_WEIGHT_BITS else "")
+        lines.append(f"{'int8 (' + form + '), ' + str(len(p['cases'])) + ' hold-out cases':<34} "
                      f"{p['max_abs']:>10.2e}  PSNR {p['psnr_db']:.1f} dB (target {p['psnr_target_db']:g} dB: "
                      f"{verdict}); blind spot and masked taps intact")
         if "classifier_top1_agreement" in p:

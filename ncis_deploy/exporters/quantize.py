@@ -59,12 +59,13 @@ from ncis_deploy.quality import LOW_PRECISION_PSNR_DB
 INT8_MAX = 127
 # Weights use 7 bits ([-63, 63]) by default: x86 u8 x s8 kernels without VNNI/AMX (vpmaddubsw) add two products in
 # int16, which 255·127·2 overflows and 255·63·2 does not, so a 7-bit artifact computes the same on every CPU. 8 bits
-# ([-127, 127], ``export --int8-weight-bits 8``) are for TensorRT and for CPUs with VNNI/AMX (the CPU runners refuse
-# them elsewhere: :func:`ncis_deploy.cpu.check_int8_weights`). Shipped ``ncis`` at 224², hold-out photos, vs FP32: accurate 64.0 →
-# 66.6 dB, openvino 60.3 → 60.7, fast 58.9 → 59.7 (activation rounding dominates those two; on the mean4-baseline
-# purifier 8 bits measured 51.8 dB against 7 bits' 51.9).
+# ([-127, 127], ``export --int8-weight-bits 8``) are for TensorRT and for CPUs with VNNI/AMX (the CPU runners
+# refuse them elsewhere: :func:`ncis_deploy.cpu.check_int8_weights`). Shipped ``ncis`` at 224², hold-out photos, vs
+# FP32: accurate 64.0 → 66.6 dB, openvino 60.3 → 60.7, fast 58.9 → 59.7 (activation rounding dominates those two; on
+# the mean4-baseline purifier 8 bits measured 51.8 dB against 7 bits' 51.9).
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
+WEIGHT_BITS_KEY = "ncis_deploy.int8_weight_bits"  # the artifact's metadata; artifacts from before it have 7
 NEG_GAIN = 256.0  # α of the LeakyRelu that computes min(y, 0): > 2·127, so y's positive side rounds to 0
 CALIBRATION_MAX_IMAGES = 16  # a folder's images are spread over this many; the bundled set has 9
 PSNR_TARGET_DB = LOW_PRECISION_PSNR_DB
@@ -557,13 +558,10 @@ def structure(model: onnx.ModelProto) -> dict:
             **{op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}}
 
 
-WEIGHT_BITS_KEY = "ncis_deploy.int8_weight_bits"  # metadata of the artifact; absent (older artifacts): 7
-
-
 def weight_bits(model: onnx.ModelProto) -> int:
-    """The weight width an INT8 artifact was written with (its metadata; 7 where absent)."""
+    """The weight width an INT8 artifact was written with (its metadata; 7 where absent: written before the key)."""
     props = {p.key: p.value for p in model.metadata_props}
-    return int(props.get(WEIGHT_BITS_KEY, DEFAULT_WEIGHT_BITS))
+    return int(props.get(WEIGHT_BITS_KEY, 7))
 
 
 # ------------------------------------------------------------------------------------------------------ checks
