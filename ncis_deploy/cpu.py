@@ -80,8 +80,12 @@ def widest_int8_weight(model) -> int:
 def check_int8_weights(model, runtime: str, where: str) -> None:
     """Refuse a Q/DQ model whose int8 convolution weights leave [-63, 63] on a CPU without VNNI/AMX, whose u8 × s8
     kernels would saturate their int16 pair sums (``export --int8-weight-bits 8`` writes such weights), as a
-    UserError naming the fix."""
-    if "int8" in native_precisions() or widest_int8_weight(model) <= SAFE_INT8_WEIGHT:
+    UserError naming the fix. ``model``: an ``onnx.ModelProto``, or a function returning one (or None: nothing to
+    check), called only on such a CPU."""
+    if "int8" in native_precisions():
+        return
+    model = model() if callable(model) else model
+    if model is None or widest_int8_weight(model) <= SAFE_INT8_WEIGHT:
         return
     raise UserError(f"{where} has 8-bit int8 weights, which {runtime}'s int8 kernels on this CPU ({cpu_model()}, no "
                     f"{' / '.join(INT8_FLAGS)}) add in saturating int16 pairs; re-export it with --int8-weight-bits 7 "

@@ -260,7 +260,7 @@ class OpenVINORunner(Runner):
         quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
         precision = resolve_precision(self.requested_precision, quantized=quantized, where=self._where)
         if precision == "int8":
-            self._check_weight_bits()
+            cpu.check_int8_weights(self._onnx_proto, "OpenVINO", self._where)
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
@@ -286,15 +286,15 @@ class OpenVINORunner(Runner):
         self.precision, self.inference_precision, self.layer_precisions = precision, hint, layers
         self.openvino_version = str(getattr(ov, "__version__", "?")).split("-")[0]  # "2026.4.1-22982-...": the release
 
-    def _check_weight_bits(self) -> None:
+    def _onnx_proto(self):
+        """The model as an ``onnx.ModelProto`` (None where onnx cannot parse what OpenVINO read)."""
         import onnx
 
         try:
-            proto = onnx.load_from_string(self.model) if self.path is None else \
+            return onnx.load_from_string(self.model) if self.path is None else \
                 onnx.load(str(self.path), load_external_data=False)
         except Exception:  # noqa: BLE001  (OpenVINO read it; onnx cannot, so there are no weights to look at)
-            return
-        cpu.check_int8_weights(proto, "OpenVINO", self._where)
+            return None
 
     @staticmethod
     def _layer_precisions(compiled) -> dict[str, dict[str, int]]:
