@@ -117,7 +117,7 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=
                                 for x in batches])
     out, quality = {}, {"nncf": nncf.__version__, "calibration": "the bundled training photos, as export --int8",
                         "float": "as export --int8 (first masked layers, baselines), plus GS and everything from "
-                                 "the head conv on; NNCF places the rest", "reference": "fp32 ONNX on onnxruntime-cpu"}
+                                 "the head block on; NNCF places the rest", "reference": "fp32 ONNX on onnxruntime-cpu"}
 
     def error(infer) -> dict:
         got = np.concatenate([infer(x) for _, x in cases])

@@ -388,8 +388,10 @@ def _int8_onnx(spec: BackendSpec, src: Source, say) -> Path:
     src.artifacts[spec.label] = {"file": str(path), "sha256": src.export.artifacts[ONNX_INT8]["sha256"],
                                  "int8_form": form, "int8_weight_bits": src.export.int8_weight_bits}
     if best is not None and form != best:
-        say(f"note: {spec.label} runs this export's int8 form '{form}'; {spec.backend} runs --int8-form {best} "
-            f"fastest (docs/export.md): ncis-deploy export --int8 --int8-form {best}")
+        closer = (" (the closest to FP32, the only one within the eval's 99 % agreement guard)"
+                  if form == "accurate" else "")
+        say(f"note: {spec.label} runs this export's int8 form '{form}'{closer}; {spec.backend} runs --int8-form "
+            f"{best} fastest (docs/export.md): ncis-deploy export --int8 --int8-form {best}")
     return path
 
 

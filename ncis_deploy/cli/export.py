@@ -47,16 +47,16 @@ _d = default_help(OPTIONS)
               help="--int8: a folder of photos to calibrate on (at most 16 are used) [default: the bundled training "
                    "photos].")
 @click.option("--int8-form", type=click.Choice(list(INT8_FORMS)), default=None,
-              help="--int8: where Q/DQ goes, by the runtime it is for. fast = every BSN tensor int8, the PReLUs split "
-                   "into int8 kernels (the fastest int8 on ONNX Runtime; error about that of rounding the output to 8 "
-                   "bits); openvino = the int8 convolutions' inputs and both inputs of every add (the fastest on "
-                   "OpenVINO, slow on ONNX Runtime; about fast's error); accurate = Q/DQ only on the int8 "
-                   "convolutions' inputs (TensorRT's recommended placement; about 4-5 dB closer to FP32, as close as "
-                   "bf16, but slower on the CPU runtimes: docs/export.md)." + _d("int8_form"))
+              help="--int8: where Q/DQ goes. accurate = Q/DQ only on the int8 convolutions' inputs (TensorRT's "
+                   "recommended placement; 69 dB from FP32, the only form whose classifier top-1 agreement with FP32 "
+                   "meets the 99 % guard; on ONNX Runtime slower than FP32); fast = every BSN tensor int8, the "
+                   "PReLUs split into int8 kernels (ONNX Runtime's fast int8; 61 dB, about the error of rounding the "
+                   "output to 8 bits); openvino = accurate's plus both inputs of every add (the fastest on OpenVINO, "
+                   "slow on ONNX Runtime; about fast's error). docs/export.md has the speeds." + _d("int8_form"))
 @click.option("--int8-weight-bits", type=click.Choice(["7", "8"]), default=None,
-              help="--int8: weight width. 7 computes the same on every CPU; 8 is closer to FP32 (accurate form: 66.6 "
-                   "vs 64.0 dB) for TensorRT and CPUs with VNNI/AMX, and needs one to export (the CPU runners refuse "
-                   "it elsewhere: their int8 kernels would saturate)." + _d("int8_weight_bits"))
+              help="--int8: weight width. 7 computes the same on every CPU; 8 is a little closer to FP32 (accurate "
+                   "form: 69.7 vs 69.4 dB) for TensorRT and CPUs with VNNI/AMX, and needs one to export (the CPU "
+                   "runners refuse it elsewhere: their int8 kernels would saturate)." + _d("int8_weight_bits"))
 @click.option("--tensorrt/--no-tensorrt", default=None,
               help="Build a TensorRT engine. Default: when tensorrt imports and a GPU is present.")
 @click.option("--version-compatible", is_flag=True, default=None,

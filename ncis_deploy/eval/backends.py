@@ -210,17 +210,26 @@ def _compare_sets(label: str, candidate, sets: list[ImageSet], clf, labels, batc
                      "rate": rate, "torch_rate": s.torch_rate, "delta_points": round(100 * (rate - s.torch_rate), 2),
                      "top1_agreement": agree.top1_agreement, "max_abs": max(d.max_abs for d in diffs),
                      "mean_abs": sum(d.mean_abs * d.images for d in diffs) / n, "psnr_db": _psnr(y, s.purified)})
+    guards = check_guards(rows)
+    return {"sets": rows, "top1_agreement": guards["top1_agreement"]["value"],
+            "top1_agreement_worst_set": min(r["top1_agreement"] for r in rows), "max_abs": pair.max_abs,
+            "psnr_db_min": guards["psnr_db"]["value"], "guards": guards,
+            "ok": all(g["ok"] for g in guards.values())}, seconds
+
+
+def check_guards(rows: list[dict]) -> dict:
+    """The ``GUARDS`` of one backend row from its image sets: {guard: {goal, value, ok}}.
+
+    Top-1 agreement is over every image of the run (the issue's "on the eval images"): per set, 99 % of the 22 or 88
+    images a set holds would mean that no image may move at all. The accuracy Δ and the PSNR are the worst set's,
+    so a precision that moves one set's figures (the robust ones, say) is caught there and cannot hide behind the
+    others."""
     psnrs = [r["psnr_db"] for r in rows if r["psnr_db"] is not None]
-    # the worst set, not the pooled figure: a precision that flips robust predictions only must not hide behind clean
-    worst = {"top1_agreement": min(r["top1_agreement"] for r in rows),
-             "delta_points": max(abs(r["delta_points"]) for r in rows),
-             "psnr_db": min(psnrs) if psnrs else None}
-    guards = {k: {"goal": GUARDS[k], "value": v,
-                  "ok": bool(v is None or (v <= GUARDS[k] if k == "delta_points" else v >= GUARDS[k]))}
-              for k, v in worst.items()}
-    agreed = sum(r["top1_agreement"] * r["images"] for r in rows) / sum(r["images"] for r in rows)
-    return {"sets": rows, "top1_agreement": agreed, "max_abs": pair.max_abs, "psnr_db_min": worst["psnr_db"],
-            "guards": guards, "ok": all(g["ok"] for g in guards.values())}, seconds
+    checked = {"top1_agreement": sum(r["top1_agreement"] * r["images"] for r in rows) / sum(r["images"] for r in rows),
+               "delta_points": max(abs(r["delta_points"]) for r in rows), "psnr_db": min(psnrs) if psnrs else None}
+    return {k: {"goal": GUARDS[k], "value": v,
+                "ok": bool(v is None or (v <= GUARDS[k] if k == "delta_points" else v >= GUARDS[k]))}
+            for k, v in checked.items()}
 
 
 def measure_backend(spec: BackendSpec, preset: str, plan: Plan, purifier, sets: list[ImageSet], clf, labels,
@@ -274,9 +283,10 @@ def _cells(r: dict, names: list[str]) -> str:
     cells = [f"{by[n]['rate']:.1%} ({by[n]['delta_points']:+.1f})" if n in by else "—" for n in names]
     gd = r["guards"]
     psnr = "∞ (identical)" if gd["psnr_db"]["value"] is None else f"{gd['psnr_db']['value']:.1f} dB"
+    worst = r.get("top1_agreement_worst_set", min(s["top1_agreement"] for s in r["sets"]))
     return (" | ".join(cells) + f" | {gd['delta_points']['value']:.1f} {_mark(gd['delta_points']['ok'])}"
             f" | {gd['top1_agreement']['value']:.1%} {_mark(gd['top1_agreement']['ok'])}"
-            f" (all {r['top1_agreement']:.1%})"
+            f" (worst set {worst:.1%})"
             f" | {psnr} {_mark(gd['psnr_db']['ok'])} | {r['max_abs']:.1e} |")
 
 
@@ -304,7 +314,8 @@ def render(section: dict, metric: str, images: int) -> list[str]:
         lines += [f"| {preset} | {r['label']} | " + _cells(r, names) for r in rows if r["preset"] == preset]
     torch_only = section.get("torch_only") or []
     notes = [f"one image = {100 / max(images, 1):.1f} points",
-             "top-1 agreement and PSNR: the worst image set (the guard), in brackets all images pooled"]
+             "top-1 agreement: all images pooled (the guard), in brackets the worst image set; PSNR and Δ: the "
+             "worst set"]
     if floor:
         notes.append("floor = the FP32 output rounded to 8 bits, as a PNG of it holds: how far the classifier moves "
                      "under an error that small")

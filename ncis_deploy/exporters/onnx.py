@@ -212,9 +212,9 @@ def _half(g: _Graph, x: str) -> str:
     return g.op("Mul", [x, g.const(0.5, g.dtype)])
 
 
-def _residual(g: _Graph, x: str, res: Residual) -> str:
-    y = _conv(g, x, _np(res.conv1.weight), _np(res.conv1.bias), hint="res_conv")
-    y = _conv(g, _prelu(g, y, res.act1), _np(res.conv2.weight), _np(res.conv2.bias), hint="res_conv")
+def _residual(g: _Graph, x: str, res: Residual, hint: str = "res_conv") -> str:
+    y = _conv(g, x, _np(res.conv1.weight), _np(res.conv1.bias), hint=hint)
+    y = _conv(g, _prelu(g, y, res.act1), _np(res.conv2.weight), _np(res.conv2.bias), hint=hint)
     return _prelu(g, _half(g, g.op("Add", [x, y])), res.act2)
 
 
@@ -280,7 +280,8 @@ def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
         out = _residual(g, _prelu(g, _half(g, g.op("Add", [raw, out])), net.mix_acts[i - 1]), net.residuals[i])
         total = g.op("Add", [total, out])
     y = _prelu(g, g.op("Mul", [total, g.const(1.0 / net.layers, g.dtype)]), net.head_act)
-    y = _residual(g, y, net.head_residual)
+    # names that start with "bsn_head" mark the head block, which export --int8 keeps float (exporters/quantize.py)
+    y = _residual(g, y, net.head_residual, hint="bsn_head_res")
     y = _conv(g, y, _np(net.head.weight), _np(net.head.bias), hint="bsn_head")
     return y if net.baseline == "none" else g.op("Add", [y, _BASELINE_OPS[net.baseline](g, x, net.channels)])
 

@@ -6,17 +6,21 @@ That is the one INT8 form TensorRT 10.1+/11 accepts (no int32 or uint8 Q/DQ, no 
 into FakeQuantize, and the one ONNX Runtime's CPU EP fuses into QLinear* kernels once re-encoded losslessly in uint8
 (:func:`ncis_deploy.runners.onnxruntime.cpu_qdq_form`, applied by every ORT CPU session the package opens).
 
-Three placements (``INT8_FORMS``, ``export --int8-form``), the same convolutions in int8 in each: "fast", the
-default, described below; "accurate", Q/DQ only on the convolutions' inputs (the placement TensorRT's documentation
-recommends), PRelu, adds and scalings in float; "openvino", accurate's plus both inputs of every add in the BSN.
-Every quantized tensor rounds: "fast" rounds about five per layer, "accurate" the three a layer's convolutions read,
-58.9 vs 64.0 dB against FP32 on the hold-out photos; ONNX Runtime runs "accurate" slower than FP32 (float ops
-between every pair of int8 convs). OpenVINO fuses an add whose inputs are both quantized into the int8 convolution
-that makes one of them, so "openvino" (60.3 dB) is its fastest int8; quantizing only some adds' inputs (those read
-from a convolution: 62.1 dB, or all but the running sum of the residual blocks: 61.9 dB) lost all of that speed.
+Three placements (``INT8_FORMS``, ``export --int8-form``), the same convolutions in int8 in each: "accurate", the
+default, Q/DQ only on the convolutions' inputs (the placement TensorRT's documentation recommends), PRelu, adds and
+scalings in float; "fast", described below; "openvino", accurate's plus both inputs of every add in the BSN.
+Every quantized tensor rounds: "accurate" rounds the three a layer's convolutions read, "fast" about five per layer,
+69.4 vs 60.8 dB against FP32 on the hold-out photos, and only "accurate" keeps the classifier's top-1 on the eval's
+near-tie images as FP32 does (1 of 440 moved, against 13 for "fast" and 34 for saving the FP32 output as a PNG:
+docs/eval.md), which is why it is the default. ONNX Runtime runs "accurate" slower than FP32 (float ops between
+every pair of int8 convs); "fast" is its fast int8. OpenVINO fuses an add whose inputs are both quantized into the
+int8 convolution that makes one of them, so "openvino" (61.3 dB) is its fastest int8; quantizing only some adds'
+inputs (those read from a convolution: 62.1 dB, or all but the running sum of the residual blocks: 61.9 dB,
+measured before the head block went float) lost all of that speed.
 
-What runs in int8 in form "fast", and why (a plain ``quantize_static`` of the FP32 graph is *slower* than FP32 on
-ORT: the float PRelu between quantized convs costs a dequantize, a PRelu and a quantize pass, 70 times):
+What runs in int8 in form "fast" (from the fourth masked layer to the head block), and why (a plain
+``quantize_static`` of the FP32 graph is *slower* than FP32 on ORT: the float PRelu between quantized convs costs a
+dequantize, a PRelu and a quantize pass, 70 times):
 
 * BSN convolutions: int8 in and out; biases stay float (TensorRT dequantizes no int32; ORT quantizes a float bias
   itself). Structurally zero taps quantize to exactly 0 (symmetric, zero point 0).
@@ -33,10 +37,15 @@ What stays float, and why:
   rounding injected at its start is amplified by every layer after it. Measured on the purifier shipped before the
   bilateral baseline (mean4, at 224², hold-out photos): everything int8 gives 38.5 dB PSNR vs FP32, the same with per-channel or asymmetric
   activations (39-39.5 dB), 45 dB with the first two layers float and 52 dB with three, for 13 % of the MACs.
+* The head block of each pass (the residual block after the mean of the out chain, and the head conv): nothing
+  after it smooths its rounding. Quantizing one conv at a time (shipped ``ncis``, form accurate, 8-bit weights,
+  hold-out photos), the head conv and the two convs before it made 50 % of the summed squared error for 1.7 % of
+  the MACs; keeping them float took accurate from 64.0 to 69.4 dB (8-bit weights: 66.6 → 69.7) and its top-1 moves
+  on the eval's 88 crops from 7 to 1 of 440, for ≈ 5 % of OpenVINO's int8 speed. More float masked layers did not
+  help (4-9 layers: 66.1-66.6 dB at 8 bits).
 * GS (two fixed MatMuls, ≈ 1 % of the MACs, with smoothing weights int8 cannot hold), the blind baseline (mean4 or
-  the bilateral: exact), the head conv's output and what follows (the image is put back together in float: head
-  correction + baseline, clipped). With the bilateral baseline the artifact measures 58.9–63.5 dB vs FP32
-  (shipped weights / their raw-noise stage 1).
+  the bilateral: exact), and what follows the head (the image is put back together in float: head correction +
+  baseline, clipped).
 
 The blind spot holds exactly: every int8 op is per pixel or reads only the taps the float graph reads
 (:func:`blind_spot_report` checks it on the artifact's own BSN).
@@ -61,8 +70,9 @@ INT8_MAX = 127
 # int16, which 255·127·2 overflows and 255·63·2 does not, so a 7-bit artifact computes the same on every CPU. 8 bits
 # ([-127, 127], ``export --int8-weight-bits 8``) are for TensorRT and for CPUs with VNNI/AMX (the CPU runners
 # refuse them elsewhere: :func:`ncis_deploy.cpu.check_int8_weights`). Shipped ``ncis`` at 224², hold-out photos, vs
-# FP32: accurate 64.0 → 66.6 dB, openvino 60.3 → 60.7, fast 58.9 → 59.7 (activation rounding dominates those two; on
-# the mean4-baseline purifier 8 bits measured 51.8 dB against 7 bits' 51.9).
+# FP32: accurate 69.4 → 69.7 dB (64.0 → 66.6 before the head block went float: most of what 8 bits fixed was there),
+# openvino 60.3 → 60.7, fast 58.9 → 59.7 (those two measured with the head block int8; activation rounding dominates
+# them; on the mean4-baseline purifier 8 bits measured 51.8 dB against 7 bits' 51.9).
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
 WEIGHT_BITS_KEY = "ncis_deploy.int8_weight_bits"  # the artifact's metadata; artifacts from before it have 7
@@ -72,28 +82,30 @@ PSNR_TARGET_DB = LOW_PRECISION_PSNR_DB
 
 FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the module docstring
 
-# Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, × ORT FP32:
-# AMD EPYC with avx512_bf16/vnni (benchmarks/results/int8-cpu.json): "fast" 58.9 dB, ORT 1.49x, OpenVINO 2.21x;
-# "accurate" 64.0 dB (as close as OpenVINO bf16), ORT 0.83x, OpenVINO 1.85x. AMD EPYC with AVX2 only
-# (int8-cpu-avx2.json): fast ORT 1.28x, OpenVINO 1.56x; accurate 0.84x / 1.81x; "openvino" 60.3 dB, ORT 0.70x,
-# OpenVINO 2.27x (2.68x at batch 8), where OpenVINO f32 is 1.85x and NNCF's own int8 (same placement) 2.27x at
-# 63.7 dB. docs/export.md has the rest.
+# Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, × ORT FP32,
+# on a Zen 5 EPYC with avx512_bf16/vnni (benchmarks/results/int8-cpu-avx512-zen5.json): "accurate" 69.4 dB, ORT
+# 0.64x, OpenVINO 2.79x; "fast" 60.8 dB, ORT 1.36x, OpenVINO 2.57x; "openvino" 61.3 dB, ORT 0.59x, OpenVINO 3.15x;
+# OpenVINO f32 2.28x and bf16 3.55x (63.6 dB) in the same run. On an AVX2-only EPYC (int8-cpu-avx2.json, before the
+# head block went float) OpenVINO f32 was 1.85x and only "openvino" beat it (2.27x). docs/export.md has the rest.
 INT8_FORMS = {
-    "fast": "every BSN tensor from the fourth masked layer on is int8, PRelu split into int8 kernels, so the CPU "
-            "runtimes fuse the whole chain; about the error of rounding the output to 8 bits",
     "accurate": "Q/DQ only on the inputs of the int8 convolutions (TensorRT's recommended placement); PRelu, the "
-                "adds and scalings stay float, so only what a convolution reads is rounded; slower on CPU runtimes",
+                "adds and scalings stay float, so only what a convolution reads is rounded; the only form whose "
+                "top-1 agreement with FP32 meets the 99 % guard; slower than FP32 on ONNX Runtime",
+    "fast": "every BSN tensor from the fourth masked layer to the head block is int8, PRelu split into int8 kernels, "
+            "so the CPU runtimes fuse the whole chain: ONNX Runtime's fast int8; about the error of rounding the "
+            "output to 8 bits",
     "openvino": "accurate's placement plus both inputs of every add in the BSN (the placement NNCF picks for "
                 "OpenVINO): OpenVINO fuses each add into an int8 convolution, the fastest int8 on OpenVINO; about "
                 "fast's error; slow on ONNX Runtime",
 }
-DEFAULT_INT8_FORM = "fast"
+DEFAULT_INT8_FORM = "accurate"
 # the form each CPU runtime runs fastest (measured on both EPYCs of docs/export.md); bench notes a mismatch
 FASTEST_FORM = {"onnxruntime": "fast", "openvino": "openvino"}
 
-# Name hints of the FP32 builder (exporters/onnx.py): which convs are the baseline, the head, and the masked layers
-# (a layer starts at its first conv: bsn_conv for layer 1, bsn_centre for the others).
-_BASELINE_PREFIXES, _HEAD_PREFIX = ("mean4", "bilateral"), "bsn_head"
+# Name hints of the FP32 builder (exporters/onnx.py): which convs are the baseline, the head block, and the masked
+# layers (a layer starts at its first conv: bsn_conv for layer 1, bsn_centre for the others). The head block (its
+# residual block's convs, then the head conv) is named "bsn_head..."; the head conv is the one not "bsn_head_res".
+_BASELINE_PREFIXES, _HEAD_PREFIX, _HEAD_RES_PREFIX = ("mean4", "bilateral"), "bsn_head", "bsn_head_res"
 _MASKED_PREFIXES = ("bsn_conv", "bsn_centre", "bsn_knight", "bsn_corners")
 _LAYER_START_PREFIXES = ("bsn_conv", "bsn_centre")
 _ELEMENTWISE = ("Add", "Mul", "LeakyRelu", "PRelu")
@@ -326,8 +338,8 @@ def _scalar_constant(t: onnx.TensorProto | None) -> float | None:
 
 
 def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS) -> set[str]:
-    """Names of the convs that stay float: the blind baselines (mean4, bilateral) and the masked convs of each BSN pass's first
-    ``float_layers`` layers."""
+    """Names of the convs that stay float: the blind baselines (mean4, bilateral), each BSN pass's head block, and
+    the masked convs of each pass's first ``float_layers`` layers."""
     out, layer = set(), -1
     for n in model.graph.node:
         if n.op_type != "Conv":
@@ -336,7 +348,8 @@ def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
             layer = -1  # a new BSN pass
         if n.name.startswith(_LAYER_START_PREFIXES):
             layer += 1
-        if n.name.startswith(_BASELINE_PREFIXES) or (n.name.startswith(_MASKED_PREFIXES) and layer < float_layers):
+        if n.name.startswith(_BASELINE_PREFIXES + (_HEAD_PREFIX,)) or (
+                n.name.startswith(_MASKED_PREFIXES) and layer < float_layers):
             out.add(n.name)
     return out
 
@@ -344,13 +357,13 @@ def float_convs(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
 def float_nodes(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS) -> set[str]:
     """Names of the nodes another quantizer (NNCF, in benchmarks/int8_cpu.py) must leave float to keep what
     ``export --int8`` keeps float: :func:`float_convs`, and everything outside a BSN pass's body — GS before it, and
-    from its head conv on (head, baseline, reassembly, clip), where the image is put back together."""
+    from its head block on (head block, baseline, reassembly, clip), where the image is put back together."""
     body = bsn_body(model)
     return set(float_convs(model, float_layers)) | {n.name for n in model.graph.node if n.name not in body}
 
 
 def bsn_body(model: onnx.ModelProto) -> set[str]:
-    """Names of the nodes of each BSN pass's body: from its first masked conv up to, not including, its head conv."""
+    """Names of the nodes of each BSN pass's body: from its first masked conv up to, not including, its head block."""
     body, inside = set(), False
     for n in model.graph.node:
         inside = (inside or n.name.startswith(_MASKED_PREFIXES[0])) and not n.name.startswith(_HEAD_PREFIX)
@@ -364,9 +377,9 @@ def int8_plan(model: onnx.ModelProto, float_conv_names: set[str],
     """(names of the nodes that run in int8, names of the tensors that are quantized).
 
     A conv runs in int8 unless named in ``float_conv_names``. Form "fast": an elementwise op (Add, Mul, PRelu,
-    LeakyRelu) runs in int8 when one of its inputs comes out of an int8 op (a float input is quantized on the way
-    in), so float stays confined to the float convs and what only they feed; the head conv takes int8 in and gives
-    float out. Form "accurate": only the int8 convs' activation inputs are quantized, every conv output is float.
+    LeakyRelu) of a BSN pass's body (:func:`bsn_body`) runs in int8 when one of its inputs comes out of an int8 op
+    (a float input is quantized on the way in), so float stays confined to the float convs, what only they feed and
+    the head block. Form "accurate": only the int8 convs' activation inputs are quantized, every conv output is float.
     Form "openvino": accurate's, plus both activation inputs of every Add of a BSN pass's body (the Add runs on
     the dequantized values; OpenVINO folds it into the int8 convolution that makes one of them).
     """
@@ -382,14 +395,14 @@ def int8_plan(model: onnx.ModelProto, float_conv_names: set[str],
                     nodes.add(n.name)
                     tensors.update(i for i in n.input if i not in inits)
         return nodes, tensors
-    inits = _inits(model)
+    inits, body = _inits(model), bsn_body(model)
     nodes, int8_out = set(), set()
     for n in model.graph.node:  # topological order: an op's inputs are classified before it
         if n.op_type == "Conv" and n.name not in float_conv_names:
             nodes.add(n.name)
             if not n.name.startswith(_HEAD_PREFIX):
                 int8_out.add(n.output[0])
-        elif n.op_type in _ELEMENTWISE:
+        elif n.op_type in _ELEMENTWISE and n.name in body:
             acts = [i for k, i in enumerate(n.input) if i and i not in inits and not (n.op_type == "PRelu" and k)]
             if any(i in int8_out for i in acts):
                 nodes.add(n.name)
@@ -594,7 +607,8 @@ def bsn_subgraph(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     producer, readers = graph_index(g)
     first = next((n for n in g.node if n.op_type == "Conv" and n.name.startswith(_MASKED_PREFIXES[0])), None)
-    head = next((n for n in g.node if n.op_type == "Conv" and n.name.startswith(_HEAD_PREFIX)), None)
+    head = next((n for n in g.node if n.op_type == "Conv" and n.name.startswith(_HEAD_PREFIX)
+                 and not n.name.startswith(_HEAD_RES_PREFIX)), None)
     if first is None or head is None:
         raise ValueError("the graph has no BSN")
     src = first.input[0]
