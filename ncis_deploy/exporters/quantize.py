@@ -41,7 +41,7 @@ What stays float, and why:
   after it smooths its rounding. Quantizing one conv at a time (shipped ``ncis``, form accurate, 8-bit weights,
   hold-out photos), the head conv and the two convs before it made 50 % of the summed squared error for 1.7 % of
   the MACs; keeping them float took accurate from 64.0 to 69.4 dB (8-bit weights: 66.6 → 69.7) and its top-1 moves
-  on the eval's 88 crops from 7 to 1 of 440, for ≈ 5 % of OpenVINO's int8 speed. More float masked layers did not
+  on the eval's 88 crops from 6-7 to 1 of 440, for 0-5 % of OpenVINO's int8 speed. More float masked layers did not
   help (4-9 layers: 66.1-66.6 dB at 8 bits).
 * GS (two fixed MatMuls, ≈ 1 % of the MACs, with smoothing weights int8 cannot hold), the blind baseline (mean4 or
   the bilateral: exact), and what follows the head (the image is put back together in float: head correction +
