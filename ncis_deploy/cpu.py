@@ -18,27 +18,26 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # INT8 dot products in one
 SAFE_INT8_WEIGHT = 63
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (from /proc/cpuinfo on Linux), for benchmark records."""
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with ``key`` (None off Linux or without one)."""
     try:
         for ln in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if ln.startswith("model name"):
+            if ln.startswith(key):
                 return ln.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (from /proc/cpuinfo on Linux), for benchmark records."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_isa() -> list[str]:
     """The vector/matrix ISA extensions of this CPU that decide FP32/BF16/INT8 speed (from /proc/cpuinfo)."""
-    try:
-        for ln in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if ln.startswith("flags"):
-                have = set(ln.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
+    have = set((_cpuinfo("flags") or "").split())
+    return [f for f in ISA_FLAGS if f in have]
 
 
 def native_precisions(isa: list[str] | None = None) -> list[str]:

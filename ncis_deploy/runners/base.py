@@ -170,6 +170,15 @@ def input_spec_from_onnx(model: "str | os.PathLike | Any") -> InputSpec:
 
 
 # ------------------------------------------------------------------------------------------------------- runner
+def whole_number(name: str, value, minimum: int = 0) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum``, else a UserError naming the option: how the runners
+    check their counts (threads, compiled shapes, pixels)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"a whole number >= {minimum}"
+        raise UserError(f"{name} must be {kind}, got {value!r}")
+    return value
+
+
 class Runner(abc.ABC):
     """Abstract runner: subclasses implement ``activate_impl``, ``infer_impl`` and ``deactivate_impl``.
 

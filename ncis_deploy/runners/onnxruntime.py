@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ncis_deploy.errors import UserError, missing_package
-from ncis_deploy.runners.base import ORT_TYPES, Runner, input_spec_from_shape
+from ncis_deploy.runners.base import ORT_TYPES, Runner, input_spec_from_shape, whole_number
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TRT, "trt": TRT}
@@ -451,8 +451,8 @@ class OnnxRuntimeRunner(Runner):
         self.cudnn_conv_algo_search = cudnn_conv_algo_search
         self.trt_fp16 = trt_fp16
         self.trt_profile = trt_profile
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise UserError(f"threads must be a positive integer, got {threads!r}")
+        if threads is not None:
+            whole_number("threads", threads, 1)
         self.session = None
         self.metadata: dict[str, str] = {}
         self._active_providers: list[str] = []

@@ -48,7 +48,7 @@ from ncis_deploy import cpu
 from ncis_deploy.errors import UserError, missing_package
 from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8
 from ncis_deploy.runners import precision_name
-from ncis_deploy.runners.base import Runner, input_spec_from_shape
+from ncis_deploy.runners.base import Runner, input_spec_from_shape, whole_number
 
 PRECISIONS = ("auto", "f32", "bf16", "int8")
 _HINTS = {"f32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: what is not quantized stays f32, for accuracy
@@ -105,13 +105,6 @@ def _first_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
     return (useful or lines or [type(e).__name__])[-1]
-
-
-def _whole(name: str, value, default: int) -> int:
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{name} must be a whole number >= 0, got {value!r}")
-    return value
 
 
 class StaticShapes:
@@ -191,10 +184,10 @@ class OpenVINORunner(Runner):
     def __init__(self, model, *, precision: str = "auto", threads: int | None = None, device: str = "CPU",
                  check_range: bool = True, static_shapes: int | None = None, chunk_pixels: int | None = None):
         super().__init__(check_range=check_range)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise UserError(f"threads must be a positive integer, got {threads!r}")
-        self.static_shapes = _whole("static_shapes", static_shapes, STATIC_SHAPES)
-        self.chunk_pixels = _whole("chunk_pixels", chunk_pixels, CHUNK_PIXELS)
+        if threads is not None:
+            whole_number("threads", threads, 1)
+        self.static_shapes = whole_number("static_shapes", STATIC_SHAPES if static_shapes is None else static_shapes)
+        self.chunk_pixels = whole_number("chunk_pixels", CHUNK_PIXELS if chunk_pixels is None else chunk_pixels)
         if str(device).upper() != "CPU":
             raise UserError(f"the openvino backend runs on the CPU only, not {device!r}")
         self.requested_precision = normalize_precision(precision)
