@@ -6,7 +6,8 @@
 Exports the ``ncis`` preset with ``--int8`` once per ``--int8-form`` in ``--forms`` (default: every form; or reads
 ``--export DIR``, one form), then times, round after round in turn: ONNX Runtime CPU on purifier.onnx (FP32) and on
 each purifier_int8.onnx (through the package's session, i.e. the lossless uint8 re-encoding ORT's x86 kernels need),
-and OpenVINO's CPU plugin on them (f32, each int8, and bf16 where the CPU has it natively; compiled for static
+and OpenVINO's CPU plugin on them (f32, each int8, and where the CPU has BF16 natively bf16 as the openvino runner
+runs it, the BSN typed bf16, and as OpenVINO's own bf16 hint, label ``bf16/all``; compiled for static
 shapes and a batch run in chunks of one 224² image, as the openvino runner does: ``runners.openvino.StaticShapes``;
 ORT runs the batch whole, as its runner does). Every speed-up is the
 median over rounds of FP32-ORT time / that backend's time in the same round, so load that changes during the run
@@ -43,7 +44,7 @@ from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.quality import psnr_or_none
 from ncis_deploy.runners.onnxruntime import open_session
-from ncis_deploy.runners.openvino import StaticShapes
+from ncis_deploy.runners.openvino import StaticShapes, type_bsn_bf16
 
 RESULT = Path(__file__).parent / "results" / "int8-cpu.json"
 
@@ -67,11 +68,17 @@ def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
     core = ov.Core()
     # int8 comes from the Q/DQ, f32 elsewhere
     todo = [("openvino f32", fp32, "f32")] + [(f"openvino int8/{form}", p, "f32") for form, p in int8.items()]
-    if "bf16" in cpu.native_precisions():
-        todo.append(("openvino bf16", fp32, "bf16"))
+    if "bf16" in cpu.native_precisions():  # the runner's bf16 (the BSN typed bf16) and OpenVINO's own bf16 hint
+        todo += [("openvino bf16", fp32, "bsn"), ("openvino bf16/all", fp32, "bf16")]
     out = {}
     for label, path, hint in todo:
-        out[label] = StaticShapes(core, core.read_model(str(path)), _ov_config(hint, threads)).infer
+        model = core.read_model(str(path))
+        if hint == "bsn":
+            import onnx
+
+            type_bsn_bf16(model, onnx.load(str(path)))
+            hint = "f32"
+        out[label] = StaticShapes(core, model, _ov_config(hint, threads)).infer
     return out
 
 
@@ -195,6 +202,14 @@ def main() -> None:
                 more, nncf_quality = nncf_backends(fp32, args.threads, h, w, backends["onnxruntime fp32"],
                                                    backends.get("openvino bf16"))
                 backends |= more
+        cases = quantize.holdout_cases(h, w)
+        refs = np.concatenate([backends["onnxruntime fp32"](x) for _, x in cases])
+        bf16_quality = {}
+        for k in ("openvino bf16", "openvino bf16/all"):
+            if k in backends:
+                got = np.concatenate([backends[k](x) for _, x in cases])
+                bf16_quality[k.partition("/")[2] or "bsn"] = {"psnr_db": round(psnr_or_none(got, refs), 2),
+                                                              "max_abs": float(np.abs(got - refs).max())}
         load_before = os.getloadavg()
         rows = []
         for b in args.batches:
@@ -205,7 +220,7 @@ def main() -> None:
                 backend, precision = k.split()
                 precision, _, form = precision.partition("/")
                 source = {"quantized_by": "nncf", "float_parts": form.split("+")[1]} if form.startswith("nncf") else (
-                    {"int8_form": form} if form else {})
+                    {"bf16_scope": form or "bsn"} if precision == "bf16" else {"int8_form": form} if form else {})
                 rows.append({"backend": backend, "precision": precision, "batch": b, **source,
                              "ms_per_batch_median": round(1e3 * statistics.median(t), 1),
                              "ms_per_batch_min": round(1e3 * min(t), 1),
@@ -221,6 +236,7 @@ def main() -> None:
                                                   if k != "cases"} for form, ex in forms.items()},
                   "int8_artifact": {form: ex.artifacts[ONNX_INT8]["quantization"] for form, ex in forms.items()},
                   "nncf_int8_quality_vs_fp32": nncf_quality or None,
+                  "bf16_quality_vs_fp32": bf16_quality or None,  # by bf16_scope: bsn (the runner's), all (the hint)
                   "method": "interleaved rounds, order alternating; speed-up = median over rounds of the FP32 ORT "
                             "time / the backend's time in the same round; ORT thread pools not spinning; OpenVINO compiled "
                             "for static shapes, batches in chunks of <= 224^2 pixels (runners.openvino.StaticShapes)"}

@@ -23,7 +23,8 @@ from ncis_deploy.exporters.manifest import ONNX_INT8
 from ncis_deploy.exporters.onnx import build_onnx
 from ncis_deploy.runners import RunnerInputError, make_runner
 from ncis_deploy.runners.compare import compare
-from ncis_deploy.runners.openvino import OpenVINORunner, resolve_precision
+from ncis_deploy.exporters.quantize import bsn_body
+from ncis_deploy.runners.openvino import OpenVINORunner, resolve_precision, type_bf16
 
 from test_cli import assert_user_error
 from test_export import small_purifier
@@ -118,9 +119,56 @@ def test_bf16_runs_natively_or_is_refused(dyn_path, f32):
     result = compare({"f32": f32, "auto": auto}, cases(), 2e-2)
     pair = result.pairs[0]
     assert result.ok and pair.max_abs > 1e-5, pair.rows()  # bounded, and not zero: bf16 really ran
-    with auto:
-        assert (auto.requested_precision, auto.precision, auto.inference_precision) == ("auto", "bf16", "bf16")
-        assert "bf16" in auto.layer_precisions["Convolution"], auto.layer_precisions
+    with auto:  # the BSN typed bf16, so the compile hint is f32 (the image-scale ops keep it)
+        assert (auto.requested_precision, auto.precision, auto.inference_precision) == ("auto", "bf16", "f32")
+        assert auto.layer_precisions["Convolution"] == {"bf16": 38}, auto.layer_precisions  # 2 passes x 19
+        assert auto.layer_precisions["MatMul"] == {"f32": 12}, auto.layer_precisions  # GS
+        assert (auto.record["bf16_scope"], auto.record["bf16_ops"] > 0) == ("bsn", True)
+
+
+@pytest.mark.openvino
+def test_bf16_types_the_bsn_passes_and_leaves_the_image_f32():
+    """type_bf16 (what the runner's bf16 does by default): every op of both BSN passes, masked convs to head conv,
+    is bf16; GS, the bilateral baseline, the sum with it and the clip stay f32, everything in between converted."""
+    import openvino as ov
+
+    m = build_onnx(small_purifier(baseline="bilateral"), dynamic_hw=True)
+    names = bsn_body(m, head=True)
+    assert len([n for n in names if n.startswith("bsn_head_") and not n.startswith("bsn_head_res")]) == 2
+    model = ov.Core().read_model(m.SerializeToString())
+    assert type_bf16(model, names) > 0
+    typed = {"bf16": set(), "f32": set()}
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        t = op.get_output_element_type(0).get_type_name() if op.get_output_size() else None
+        if kind in ("Convert", "Constant", "Result") or t not in typed:
+            continue
+        name = op.get_friendly_name().split("/")[0]
+        assert (t == "bf16") == (name in names), (kind, op.get_friendly_name(), t)
+        typed[t].add(name.rsplit("_", 1)[0])
+    assert {"bsn_conv", "bsn_centre", "bsn_corners", "res_conv", "prelu", "bsn_head_res", "bsn_head"} <= typed["bf16"]
+    assert {"gs_h", "gs_w", "mean4", "bilateral_taps", "bilateral", "clip"} <= typed["f32"], typed["f32"]
+    assert [p.get_element_type().get_type_name() for p in model.inputs + model.outputs] == ["f32", "f32"]
+
+
+@pytest.mark.openvino
+def test_bf16_of_the_bsn_only_is_closer_to_f32_than_the_bf16_hint():
+    """On a BF16 CPU: OpenVINO's own bf16 hint (scope "all") also rounds GS's matrix products and the baseline's
+    gathers; the default scope ("bsn") does not, and its error against f32 is several times smaller."""
+    if "bf16" not in cpu.native_precisions():
+        pytest.skip("needs a CPU with native BF16; bf16 is refused elsewhere (test_bf16_runs_natively_or_is_refused)")
+    m = build_onnx(small_purifier(baseline="bilateral"), dynamic_hw=True).SerializeToString()
+    x = np.random.default_rng(0).random((2, 3, 40, 36), dtype=np.float32)
+    with OpenVINORunner(m, precision="f32", threads=1) as r:
+        ref = r.infer(x)
+    rms = {}
+    for scope in ("bsn", "all"):
+        with OpenVINORunner(m, precision="bf16", threads=1, bf16_scope=scope) as r:
+            rms[scope] = float(np.sqrt(np.mean((r.infer(x) - ref) ** 2)))
+            assert r.record["bf16_scope"] == scope and "bf16" in r.layer_precisions["Convolution"]
+    assert 0 < rms["bsn"] < rms["all"] / 2, rms  # measured 2.3e-4 vs 7.5e-4
+    with pytest.raises(UserError, match="bf16_scope must be one of bsn, all, got 'body'"):
+        OpenVINORunner(m, bf16_scope="body")
 
 
 def test_bf16_is_refused_when_the_isa_lacks_it(monkeypatch):

@@ -27,7 +27,8 @@ _d = default_help(OPTIONS)
                    f"[default: {DEFAULT_ARTIFACTS['onnxruntime']} or {DEFAULT_ARTIFACTS['tensorrt'].suffix}; openvino "
                    "--precision int8: the export's int8 .onnx].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="openvino only: auto picks bf16 where the CPU has native BF16, else f32; int8 runs the "
+              help="openvino only: auto picks bf16 where the CPU has native BF16 (the BSN in bf16, GS and the baseline "
+                   "f32), else f32; int8 runs the "
                    "`export --int8` artifact." + _d("precision"))
 @click.option("--device", type=str, default=None,
               help="cpu, cuda or cuda:N; for onnxruntime also 'tensorrt' (its TensorRT execution provider)."

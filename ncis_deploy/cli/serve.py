@@ -43,7 +43,8 @@ _d = default_help(OPTIONS)
 @click.option("--threads", type=int, default=None, help="Threads per onnxruntime / openvino instance [default: "
                                                         "cores / instances].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="openvino only: auto picks bf16 where the CPU has native BF16, else f32; int8 serves the export's "
+              help="openvino only: auto picks bf16 where the CPU has native BF16 (the BSN in bf16, GS and the baseline "
+                   "f32), else f32; int8 serves the export's "
                    "`--int8` artifact." + _d("precision"))
 @click.option("--verbose", is_flag=True, default=None, help="Show tritonserver's own log.")
 @user_errors
