@@ -74,9 +74,7 @@ def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
     for label, path, hint in todo:
         model = core.read_model(str(path))
         if hint == "bsn":
-            import onnx
-
-            type_bsn_bf16(model, onnx.load(str(path)))
+            type_bsn_bf16(model)
             hint = "f32"
         out[label] = StaticShapes(core, model, _ov_config(hint, threads)).infer
     return out

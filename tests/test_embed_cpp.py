@@ -158,5 +158,18 @@ def test_cpp_consumer_bad_input_and_bf16(purify_ov, tmp_path):
         f32 = purify(purify_ov, fixed, tmp_path / "in.ppm", tmp_path / "out_f32.ppm", "--precision", "f32")
         bf16 = purify(purify_ov, fixed, tmp_path / "in.ppm", tmp_path / "out_bf16.ppm", "--precision", "bf16")
         assert 0 < np.abs(bf16 - f32).max() < 0.05  # really reduced precision, still the same picture
+        # the BSN typed bf16 from the export's node list, GS and the bilateral baseline f32: as the Python runner
+        bilateral = tmp_path / "bilateral.onnx"
+        onnx.save(build_onnx(small_purifier(baseline="bilateral"), 20, 27), bilateral)
+        r = run(purify_ov, bilateral, tmp_path / "in.ppm", tmp_path / "out_b.ppm", "--raw-out", tmp_path / "b.f32",
+                "--precision", "bf16")
+        assert r.returncode == 0 and "bf16 BSN" in r.stdout, (r.stdout, r.stderr)
+        cpp = np.fromfile(tmp_path / "b.f32", dtype=np.float32).reshape(1, 3, 20, 27)
+        x = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
+        with make_runner("openvino", bilateral, precision="bf16") as py, \
+                make_runner("openvino", bilateral, precision="bf16", bf16_scope="all") as hint:
+            assert py.record["bf16_scope"] == "bsn"
+            same, other = np.abs(cpp - py.infer(x)).max(), np.abs(cpp - hint.infer(x)).max()
+        assert same <= 1e-6 < other, (same, other)
     else:
         refused(1, "use --precision f32", fixed, tmp_path / "in.ppm", tmp_path / "out.ppm", "--precision", "bf16")

@@ -19,12 +19,11 @@ from PIL import Image
 from ncis_deploy import cpu
 from ncis_deploy.cli import cli
 from ncis_deploy.errors import UserError
-from ncis_deploy.exporters.manifest import ONNX_INT8
+from ncis_deploy.exporters.manifest import BF16_NODES_KEY, ONNX_INT8
 from ncis_deploy.exporters.onnx import build_onnx
 from ncis_deploy.runners import RunnerInputError, make_runner
 from ncis_deploy.runners.compare import compare
-from ncis_deploy.exporters.quantize import bsn_body
-from ncis_deploy.runners.openvino import OpenVINORunner, resolve_precision, type_bf16
+from ncis_deploy.runners.openvino import OpenVINORunner, resolve_precision, type_bsn_bf16
 
 from test_cli import assert_user_error
 from test_export import small_purifier
@@ -133,10 +132,10 @@ def test_bf16_types_the_bsn_passes_and_leaves_the_image_f32():
     import openvino as ov
 
     m = build_onnx(small_purifier(baseline="bilateral"), dynamic_hw=True)
-    names = bsn_body(m, head=True)
+    names = set({p.key: p.value for p in m.metadata_props}[BF16_NODES_KEY].split(","))
     assert len([n for n in names if n.startswith("bsn_head_") and not n.startswith("bsn_head_res")]) == 2
     model = ov.Core().read_model(m.SerializeToString())
-    assert type_bf16(model, names) > 0
+    assert type_bsn_bf16(model) > 0
     typed = {"bf16": set(), "f32": set()}
     for op in model.get_ops():
         kind = op.get_type_name()
@@ -149,6 +148,11 @@ def test_bf16_types_the_bsn_passes_and_leaves_the_image_f32():
     assert {"bsn_conv", "bsn_centre", "bsn_corners", "res_conv", "prelu", "bsn_head_res", "bsn_head"} <= typed["bf16"]
     assert {"gs_h", "gs_w", "mean4", "bilateral_taps", "bilateral", "clip"} <= typed["f32"], typed["f32"]
     assert [p.get_element_type().get_type_name() for p in model.inputs + model.outputs] == ["f32", "f32"]
+    # an export without the list (older, or no BSN) is left as it is: the runner falls back to OpenVINO's bf16 hint
+    props = [p for p in m.metadata_props if p.key != BF16_NODES_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(props)
+    assert type_bsn_bf16(ov.Core().read_model(m.SerializeToString())) == 0
 
 
 @pytest.mark.openvino

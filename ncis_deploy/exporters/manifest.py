@@ -32,6 +32,11 @@ DEFAULT_DIR = "ncis_export"
 ONNX, ONNX_FP16, ONNX_CLASSIFIER, ENGINE = (
     "purifier.onnx", "purifier_fp16.onnx", "purifier_classifier.onnx", "purifier.engine")
 ONNX_INT8 = "purifier_int8.onnx"
+# the ONNX artifacts' metadata_props keys start with this (exporters/onnx.py writes them); one the runtimes read:
+# each BSN pass's node names, comma-separated, what a bf16 runtime rounds while GS, the blind baseline, their sum and
+# the clip stay f32 (runners/openvino.py, export/cpp/openvino); fp32 graphs with a BSN only
+META_PREFIX = "ncis_deploy."
+BF16_NODES_KEY = META_PREFIX + "bf16_nodes"
 # what each deployable backend runs from an export (openvino at precision int8: ONNX_INT8, see Export.artifact_for)
 BACKEND_ARTIFACT = {"onnxruntime": ONNX, "tensorrt": ENGINE, "openvino": ONNX}
 STALE_WITHOUT_PID_S = 3600  # siblings named before the PID was part of the name: stale once this old

@@ -33,12 +33,12 @@ from onnx import TensorProto, helper, numpy_helper
 from ncis_deploy.errors import UserError
 from ncis_deploy.exporters import plugin_ref
 from ncis_deploy.exporters.gate import PLUGIN_DOMAIN
+from ncis_deploy.exporters.manifest import BF16_NODES_KEY, META_PREFIX
 from ncis_deploy.model.bsn import BILATERAL_H, BILATERAL_RADIUS, FBINet, MaskedConv2d, Residual, bilateral_taps
 from ncis_deploy.model.purifier import Purifier
 from ncis_deploy.model.smoothing import fused_matrix, gaussian_kernel1d
 
 INPUT, OUTPUT = "input", "output"
-META_PREFIX = "ncis_deploy."
 SMOOTHING_FORMS = ("matmul", "plugin")
 
 
@@ -63,6 +63,7 @@ class _Graph:
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
         self._consts: dict[tuple, str] = {}
+        self.bsn_nodes: list[str] = []  # each BSN pass's nodes, first masked conv to head conv (BF16_NODES_KEY)
 
     def name(self, hint: str) -> str:
         self._n += 1
@@ -273,6 +274,7 @@ _BASELINE_OPS = {"mean4": _mean4, "bilateral": _bilateral}
 
 
 def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
+    start = len(g.nodes)
     raw = _prelu(g, _masked_conv(g, x, net.convs[0], dense), net.raw_acts[0])
     out = total = _residual(g, raw, net.residuals[0])
     for i in range(1, net.layers):
@@ -283,6 +285,7 @@ def _bsn(g: _Graph, x: str, net: FBINet, dense: bool) -> str:
     # names that start with "bsn_head" mark the head block, which export --int8 keeps float (exporters/quantize.py)
     y = _residual(g, y, net.head_residual, hint="bsn_head_res")
     y = _conv(g, y, _np(net.head.weight), _np(net.head.bias), hint="bsn_head")
+    g.bsn_nodes += [n.name for n in g.nodes[start:]]  # features and the correction: never the image itself
     return y if net.baseline == "none" else g.op("Add", [y, _BASELINE_OPS[net.baseline](g, x, net.channels)])
 
 
@@ -344,6 +347,8 @@ def build_onnx(purifier: Purifier, height: int | None = 224, width: int | None =
     meta = {"config": json.dumps(purifier.config, sort_keys=True), "weights_sha256": weights_sha256(purifier) or "",
             "version": version, "input_range": "[0, 1]", "layout": "NCHW", "precision": "fp16" if fp16 else "fp32",
             "bsn_form": "dense" if dense_bsn else "live-taps", "gs_form": smoothing}
+    if g.bsn_nodes and not fp16:
+        meta[BF16_NODES_KEY.removeprefix(META_PREFIX)] = ",".join(g.bsn_nodes)
     helper.set_model_props(model, {META_PREFIX + k: v for k, v in meta.items()})
     return model
 

@@ -85,8 +85,9 @@ FLOAT_MASKED_LAYERS = 3  # the BSN's first masked layers run in float: see the m
 # Where Q/DQ goes (``export --int8-form``). Measured on the shipped purifier, ``ncis`` at 224², batch 1, × ORT FP32,
 # on a Zen 5 EPYC with avx512_bf16/vnni (benchmarks/results/int8-cpu-avx512-zen5.json): "accurate" 69.4 dB, ORT
 # 0.64x, OpenVINO 2.79x; "fast" 60.8 dB, ORT 1.36x, OpenVINO 2.57x; "openvino" 61.3 dB, ORT 0.59x, OpenVINO 3.15x;
-# OpenVINO f32 2.28x and its bf16 hint 3.55x (63.6 dB) in the same run. On an AVX2-only EPYC (int8-cpu-avx2.json, before the
-# head block went float) OpenVINO f32 was 1.85x and only "openvino" beat it (2.27x). docs/export.md has the rest.
+# OpenVINO f32 2.28x and its bf16 hint 3.55x (63.6 dB) in the same run. On an AVX2-only EPYC (int8-cpu-avx2.json,
+# before the head block went float) OpenVINO f32 was 1.85x and only "openvino" beat it (2.27x). docs/export.md has
+# the rest.
 INT8_FORMS = {
     "accurate": "Q/DQ only on the inputs of the int8 convolutions (TensorRT's recommended placement); PRelu, the "
                 "adds and scalings stay float, so only what a convolution reads is rounded; the only form whose "
@@ -362,19 +363,13 @@ def float_nodes(model: onnx.ModelProto, float_layers: int = FLOAT_MASKED_LAYERS)
     return set(float_convs(model, float_layers)) | {n.name for n in model.graph.node if n.name not in body}
 
 
-def bsn_body(model: onnx.ModelProto, *, head: bool = False) -> set[str]:
-    """Names of the nodes of each BSN pass's body: from its first masked conv up to, not including, its head block
-    (``head``: up to and including its head conv, the part of a pass that works on features and on the correction,
-    never on the image itself; the OpenVINO runner types it bf16)."""
+def bsn_body(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes of each BSN pass's body: from its first masked conv up to, not including, its head block."""
     body, inside = set(), False
     for n in model.graph.node:
-        inside = inside or n.name.startswith(_MASKED_PREFIXES[0])
-        if inside and n.name.startswith(_HEAD_PREFIX) and not head:
-            inside = False
+        inside = (inside or n.name.startswith(_MASKED_PREFIXES[0])) and not n.name.startswith(_HEAD_PREFIX)
         if inside:
             body.add(n.name)
-            if n.name.startswith(_HEAD_PREFIX) and not n.name.startswith(_HEAD_RES_PREFIX):
-                inside = False  # the head conv ends the pass
     return body
 
 

@@ -20,7 +20,8 @@ instead of hoping:
   baseline's gathers (convolutions) and the head conv with the baseline added in. Shipped ``ncis``, 224², hold-out
   photos, vs f32: 68.5 dB against 62.2 (max error 2.2e-3 vs 4.8e-3), the same speed (33.2 vs 33.8 ms). Nodes
   marked ``disable_fp16_compression`` were rounded all the same: the mark is lost where the plugin's passes
-  rebuild a node. A model without a BSN (the ``gs`` preset) runs on the bf16 hint.
+  rebuild a node. Which nodes are the BSN's the export says (metadata ``ncis_deploy.bf16_nodes``, also read by
+  the C++ consumer); a model without that list (no BSN: the ``gs`` preset; or an older export) runs on the hint.
 
 After compiling, the precision OpenVINO really chose is read back (``INFERENCE_PRECISION_HINT`` of the compiled
 model, and the runtime precision of every Convolution/MatMul/FullyConnected in its execution graph) into
@@ -54,8 +55,7 @@ import numpy as np
 
 from ncis_deploy import cpu
 from ncis_deploy.errors import UserError, missing_package
-from ncis_deploy.exporters.manifest import ONNX, ONNX_INT8
-from ncis_deploy.exporters.quantize import bsn_body
+from ncis_deploy.exporters.manifest import BF16_NODES_KEY, ONNX, ONNX_INT8
 from ncis_deploy.runners import precision_name
 from ncis_deploy.runners.base import Runner, input_spec_from_shape, whole_number
 
@@ -140,10 +140,13 @@ def type_bf16(model, names: set[str]) -> int:
     return len(typed)
 
 
-def type_bsn_bf16(model, proto) -> int:
-    """:func:`type_bf16` of each BSN pass of ``model`` (read from the ONNX ``proto``: its first masked conv to its
-    head conv, :func:`ncis_deploy.exporters.quantize.bsn_body`); 0 (nothing typed) without a BSN or a proto."""
-    return type_bf16(model, bsn_body(proto, head=True)) if proto is not None else 0
+def type_bsn_bf16(model) -> int:
+    """:func:`type_bf16` of the nodes the export lists under ``ncis_deploy.bf16_nodes`` (each BSN pass, first masked
+    conv to head conv); 0 (nothing typed) for a model without that list (no BSN, or exported before it existed)."""
+    key = ["framework", BF16_NODES_KEY]  # where OpenVINO's ONNX reader keeps the model's metadata_props
+    if not model.has_rt_info(key):
+        return 0
+    return type_bf16(model, set(model.get_rt_info(key).astype(str).split(",")))
 
 
 class StaticShapes:
@@ -302,7 +305,7 @@ class OpenVINORunner(Runner):
             cpu.check_int8_weights(self._onnx_proto, "OpenVINO", self._where)
         expected, self.bf16_ops = _HINTS[precision], 0
         if precision == "bf16" and self.bf16_scope == "bsn":
-            self.bf16_ops = type_bsn_bf16(model, self._onnx_proto())
+            self.bf16_ops = type_bsn_bf16(model)
             if self.bf16_ops:
                 expected = "f32"  # the typed ops run bf16; the hint must not round the image-scale ops too
         config = {"INFERENCE_PRECISION_HINT": expected, "PERFORMANCE_HINT": "LATENCY"}

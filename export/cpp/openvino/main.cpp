@@ -19,7 +19,9 @@
 #include <exception>
 #include <fstream>
 #include <openvino/frontend/manager.hpp>
+#include <openvino/op/ops.hpp>
 #include <openvino/openvino.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -27,6 +29,41 @@
 #include "ppm.hpp"
 
 namespace {
+
+// ncis_deploy.exporters.manifest.BF16_NODES_KEY: ONNX metadata_props, which OpenVINO's ONNX reader keeps under
+// the model's "framework" rt_info
+const char* const kBf16NodesKey = "ncis_deploy.bf16_nodes";
+
+std::set<std::string> split_names(const std::string& list) {
+    std::set<std::string> names;
+    std::stringstream in(list);
+    for (std::string name; std::getline(in, name, ',');) names.insert(name);
+    return names;
+}
+
+// The ops of the ONNX nodes `names` typed bf16 (an ONNX node keeps its name in OpenVINO, its parts as "name/..."),
+// a Convert on every float edge into or out of them; the Python runner's runners.openvino.type_bf16
+void type_bf16(const std::shared_ptr<ov::Model>& model, const std::set<std::string>& names) {
+    std::set<const ov::Node*> typed;
+    for (const auto& op : model->get_ops()) {
+        const std::string& name = op->get_friendly_name();
+        if (names.count(name.substr(0, name.find('/'))) && !ov::is_type<ov::op::v0::Parameter>(op) &&
+            !ov::is_type<ov::op::v0::Result>(op) && !ov::is_type<ov::op::v0::Constant>(op))
+            typed.insert(op.get());
+    }
+    for (const auto& op : model->get_ordered_ops()) {
+        const bool inside = typed.count(op.get()) > 0;
+        const bool shape_of = ov::is_type<ov::op::v0::ShapeOf>(op) || ov::is_type<ov::op::v3::ShapeOf>(op);
+        for (auto& port : op->inputs()) {
+            const ov::Output<ov::Node> src = port.get_source_output();
+            if ((typed.count(src.get_node()) > 0) == inside || src.get_element_type() != ov::element::f32 || shape_of)
+                continue;
+            port.replace_source_output(
+                std::make_shared<ov::op::v0::Convert>(src, inside ? ov::element::bf16 : ov::element::f32));
+        }
+    }
+    model->validate_nodes_and_infer_types();
+}
 
 struct Args {
     std::string model, input, output, rawOut;
@@ -131,6 +168,7 @@ int main(int argc, char** argv) {
     const size_t H = static_cast<size_t>(image.height), W = static_cast<size_t>(image.width);
 
     std::vector<float> result;
+    std::string bf16_scope = args.precision;
     try {
         ov::Core core;
         const std::vector<std::string> devices = core.get_available_devices();
@@ -179,8 +217,16 @@ int main(int argc, char** argv) {
         const ov::Shape shape{1, 3, H, W};
         model->reshape(shape);
 
-        ov::AnyMap config{ov::hint::inference_precision(args.precision == "bf16" ? ov::element::bf16
-                                                                                   : ov::element::f32)};
+        // bf16: the nodes the export lists (each BSN pass) typed bf16, compiled with the f32 hint, so GS, the blind
+        // baseline, their sum and the clip stay f32, as the Python openvino runner does; without the list (an older
+        // export, or no BSN) OpenVINO's own bf16 hint, which rounds those too
+        bool bf16_hint = args.precision == "bf16";
+        if (bf16_hint && model->has_rt_info("framework", kBf16NodesKey)) {
+            type_bf16(model, split_names(model->get_rt_info<std::string>("framework", kBf16NodesKey)));
+            bf16_hint = false;
+            bf16_scope = "bf16 BSN";
+        }
+        ov::AnyMap config{ov::hint::inference_precision(bf16_hint ? ov::element::bf16 : ov::element::f32)};
         if (args.threads > 0) config.emplace(ov::inference_num_threads(args.threads));
         ov::CompiledModel compiled = core.compile_model(model, args.device, config);
         ov::InferRequest request = compiled.create_infer_request();
@@ -204,6 +250,6 @@ int main(int argc, char** argv) {
     const ppm::Image purified = ppm::from_chw(result, image.width, image.height, grey ? 1 : 3, image.maxval);
     write_atomically(args.output, [&](const std::string& p, std::string& err) { return ppm::write(p, purified, err); });
     std::printf("purified %s (%zux%zu) -> %s [OpenVINO %s, %s]\n", args.input.c_str(), W, H, args.output.c_str(),
-                args.device.c_str(), args.precision.c_str());
+                args.device.c_str(), bf16_scope.c_str());
     return 0;
 }
