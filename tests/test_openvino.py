@@ -309,3 +309,17 @@ def test_a_batch_runs_in_chunks_of_chunk_pixels(dyn_path):
     with OpenVINORunner(dyn_path, precision="f32", chunk_pixels=1) as single:  # below one image: one at a time
         single.infer(x)
         assert single.record["compiled_shapes"] == [[1, 3, 16, 16]]
+
+
+@pytest.mark.openvino
+def test_a_fixed_size_export_compiles_only_its_one_image_shape_at_activation(tmp_path, purifier):
+    """Dynamic batch, fixed H and W: activation compiles [1, 3, H, W] (what single images run in, and what the
+    precision checks read) and not the dynamic model as well; other batch shapes compile when met, as before."""
+    path = tmp_path / "fixed.onnx"
+    onnx.save(build_onnx(purifier, 16, 12), path)
+    x = cases([(3, 3, 16, 12)])[0][1]
+    with OpenVINORunner(path, precision="f32") as r, make_runner("onnxruntime", path) as ort:
+        assert r.record["compiled_shapes"] == [[1, 3, 16, 12]] and r._shapes.fallback is None
+        assert r.layer_precisions["Convolution"] == {"f32": 38}
+        assert np.abs(r.infer(x) - ort.infer(x)).max() < 1e-4 and np.abs(r.infer(x[:1]) - ort.infer(x[:1])).max() < 1e-4
+        assert r.record["compiled_shapes"] == [[3, 3, 16, 12], [1, 3, 16, 12]]  # 3 images are one chunk of 224² px
