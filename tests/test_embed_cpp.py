@@ -22,6 +22,7 @@ from PIL import Image
 
 from ncis_deploy import load_purifier
 from ncis_deploy.data import bundled_photo
+from ncis_deploy.exporters.manifest import BF16_NODES_KEY
 from ncis_deploy.exporters.onnx import build_onnx
 from ncis_deploy.runners import make_runner
 from ncis_deploy.runners.compare import compare
@@ -159,8 +160,13 @@ def test_cpp_consumer_bad_input_and_bf16(purify_ov, tmp_path):
         bf16 = purify(purify_ov, fixed, tmp_path / "in.ppm", tmp_path / "out_bf16.ppm", "--precision", "bf16")
         assert 0 < np.abs(bf16 - f32).max() < 0.05  # really reduced precision, still the same picture
         # the BSN typed bf16 from the export's node list, GS and the bilateral baseline f32: as the Python runner
-        bilateral = tmp_path / "bilateral.onnx"
-        onnx.save(build_onnx(small_purifier(baseline="bilateral"), 20, 27), bilateral)
+        bilateral, unlisted = tmp_path / "bilateral.onnx", tmp_path / "unlisted.onnx"
+        m = build_onnx(small_purifier(baseline="bilateral"), 20, 27)
+        onnx.save(m, bilateral)
+        props = [p for p in m.metadata_props if p.key != BF16_NODES_KEY]  # an export from before the list
+        del m.metadata_props[:]
+        m.metadata_props.extend(props)
+        onnx.save(m, unlisted)
         r = run(purify_ov, bilateral, tmp_path / "in.ppm", tmp_path / "out_b.ppm", "--raw-out", tmp_path / "b.f32",
                 "--precision", "bf16")
         assert r.returncode == 0 and "bf16 BSN" in r.stdout, (r.stdout, r.stderr)
@@ -171,5 +177,11 @@ def test_cpp_consumer_bad_input_and_bf16(purify_ov, tmp_path):
             assert py.record["bf16_scope"] == "bsn"
             same, other = np.abs(cpp - py.infer(x)).max(), np.abs(cpp - hint.infer(x)).max()
         assert same <= 1e-6 < other, (same, other)
+        r = run(purify_ov, unlisted, tmp_path / "in.ppm", tmp_path / "out_u.ppm", "--raw-out", tmp_path / "u.f32",
+                "--precision", "bf16")  # without the list: OpenVINO's own bf16 hint, as the Python runner falls back
+        assert r.returncode == 0 and "bf16 BSN" not in r.stdout and "CPU, bf16]" in r.stdout, r.stdout
+        with make_runner("openvino", unlisted, precision="bf16") as py:
+            assert py.record["bf16_scope"] == "all"
+            assert np.abs(np.fromfile(tmp_path / "u.f32", dtype=np.float32).reshape(x.shape) - py.infer(x)).max() <= 1e-6
     else:
         refused(1, "use --precision f32", fixed, tmp_path / "in.ppm", tmp_path / "out.ppm", "--precision", "bf16")

@@ -42,8 +42,9 @@ std::set<std::string> split_names(const std::string& list) {
 }
 
 // The ops of the ONNX nodes `names` typed bf16 (an ONNX node keeps its name in OpenVINO, its parts as "name/..."),
-// a Convert on every float edge into or out of them; the Python runner's runners.openvino.type_bf16
-void type_bf16(const std::shared_ptr<ov::Model>& model, const std::set<std::string>& names) {
+// a Convert on every float edge into or out of them; how many ops were typed. The Python runner's
+// runners.openvino.type_bf16
+size_t type_bf16(const std::shared_ptr<ov::Model>& model, const std::set<std::string>& names) {
     std::set<const ov::Node*> typed;
     for (const auto& op : model->get_ops()) {
         const std::string& name = op->get_friendly_name();
@@ -63,6 +64,7 @@ void type_bf16(const std::shared_ptr<ov::Model>& model, const std::set<std::stri
         }
     }
     model->validate_nodes_and_infer_types();
+    return typed.size();
 }
 
 struct Args {
@@ -221,8 +223,8 @@ int main(int argc, char** argv) {
         // baseline, their sum and the clip stay f32, as the Python openvino runner does; without the list (an older
         // export, or no BSN) OpenVINO's own bf16 hint, which rounds those too
         bool bf16_hint = args.precision == "bf16";
-        if (bf16_hint && model->has_rt_info("framework", kBf16NodesKey)) {
-            type_bf16(model, split_names(model->get_rt_info<std::string>("framework", kBf16NodesKey)));
+        if (bf16_hint && model->has_rt_info("framework", kBf16NodesKey) &&
+            type_bf16(model, split_names(model->get_rt_info<std::string>("framework", kBf16NodesKey))) > 0) {
             bf16_hint = false;
             bf16_scope = "bf16 BSN";
         }
