@@ -424,11 +424,47 @@ def test_every_precision_of_an_int8_export_on_openvino(int8_export, tmp_path):
     for label, best in (("openvino:cpu:int8", "openvino"), ("onnxruntime:cpu:int8", "fast")):
         assert f"{label} runs this export's int8 form 'accurate' (the closest to FP32" in r.output
         assert f"; {label.split(':')[0]} runs --int8-form {best} fastest" in r.output
+    if "openvino:cpu:bf16" in ran:  # the export lists its BSN nodes: bf16 keeps GS and the baseline f32, no note
+        assert ran["openvino:cpu:bf16"]["runtime"]["bf16_scope"] == "bsn" and "bf16 hint" not in r.output
     guards = {q["label"]: q for q in rep["quality"]}
     assert set(guards) == {lbl for lbl in ran if lbl.count(":") == 2}
     for lbl, q in guards.items():
         check_guard(q, lbl, lbl.split(":")[2])
     assert {c["backend"] for c in rep["comparisons"]} == set(ran) - {"onnxruntime:cpu"}
+
+
+@pytest.mark.openvino
+def test_bf16_of_an_export_without_its_bsn_node_list_says_it_runs_the_hint(int8_export, tiny_export, tmp_path):
+    """An export from before ncis_deploy.bf16_nodes: OpenVINO's own bf16 hint runs, and bench says so and how to fix
+    it (a gs export has no BSN to list, so nothing to say)."""
+    import shutil
+
+    import onnx
+
+    from ncis_deploy.cpu import native_precisions
+    from ncis_deploy.exporters.manifest import BF16_NODES_KEY, MANIFEST, ONNX, sha256_file
+    from ncis_deploy.runners.openvino import bf16_hint_note
+
+    old = tmp_path / "old_export"
+    shutil.copytree(int8_export, old)
+    m = onnx.load(str(old / ONNX))
+    assert bf16_hint_note(old / ONNX, "x") is None
+    props = [p for p in m.metadata_props if p.key != BF16_NODES_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(props)
+    onnx.save(m, old / ONNX)
+    man = json.loads((old / MANIFEST).read_text())
+    next(a for a in man["artifacts"] if a["file"] == ONNX)["sha256"] = sha256_file(old / ONNX)
+    (old / MANIFEST).write_text(json.dumps(man))
+    assert "re-export it" in bf16_hint_note(old / ONNX, "x")
+    assert bf16_hint_note(tiny_export / ONNX, "x") is None  # the gs preset: no BSN, nothing to list
+    if "bf16" not in native_precisions():  # bf16 is refused here before any note (test_bf16_only_where_native...)
+        return
+    r = run(old, "--backend", "openvino:bf16", "--batch", "1", *FAST, "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    assert "openvino:cpu:bf16 runs OpenVINO's own bf16 hint" in r.output and "re-export it" in r.output
+    (row,) = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert row["runtime"]["bf16_scope"] == "all"
 
 
 # ----------------------------------------------------------------------------------------------- export directory

@@ -27,6 +27,7 @@ from ncis_deploy.quality import LOW_PRECISION_PSNR_DB as PSNR_GUARD_DB
 from ncis_deploy.exporters.manifest import DEFAULT_DIR as DEFAULT_EXPORT
 from ncis_deploy.exporters.manifest import ENGINE, ONNX, ONNX_INT8, Export, open_export, sha256_file
 from ncis_deploy.runners import precision_name
+from ncis_deploy.runners.openvino import bf16_hint_note
 
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_WARMUP_MS = 200.0  # trtexec's default warm-up
@@ -411,6 +412,9 @@ def artifact_for(spec: BackendSpec, src: Source, tmp: Path, batches, say):
         path = _preset_onnx(src, tmp)
         if spec.backend == "openvino":
             src.artifacts.setdefault("openvino", dict(src.artifacts["onnxruntime"]))
+            note = bf16_hint_note(path, spec.label) if spec.precision == "bf16" else None
+            if note:
+                say(f"note: {note}")
         return path
     if src.preset is not None:
         return _preset_engine(src, tmp, batches, say)

@@ -238,6 +238,12 @@ def measure_backend(spec: BackendSpec, preset: str, plan: Plan, purifier, sets: 
     artifact, described = plan.artifact(spec, purifier)
     runner = _runner(spec, artifact)
     say(f"backend {spec.label}: {preset} ({len(sets)} image sets x {len(labels)} images)")
+    if spec.backend == "openvino" and spec.precision == "bf16":
+        from ncis_deploy.runners.openvino import bf16_hint_note
+
+        note = bf16_hint_note(artifact, spec.label)
+        if note:
+            log.warning("%s", note)
     with runner:  # active across the comparison, so what it ran (providers, precision) can be read back after
         figures, seconds = _compare_sets(spec.label, runner, sets, clf, labels, batch)
         record = dict(getattr(runner, "record", None) or {"backend": spec.backend, "providers": runner.providers})
