@@ -158,10 +158,15 @@ def test_bf16_types_the_bsn_passes_and_leaves_the_image_f32():
 @pytest.mark.openvino
 def test_bf16_of_the_bsn_only_is_closer_to_f32_than_the_bf16_hint():
     """On a BF16 CPU: OpenVINO's own bf16 hint (scope "all") also rounds GS's matrix products and the baseline's
-    gathers; the default scope ("bsn") does not, and its error against f32 is several times smaller."""
-    if "bf16" not in cpu.native_precisions():
-        pytest.skip("needs a CPU with native BF16; bf16 is refused elsewhere (test_bf16_runs_natively_or_is_refused)")
+    gathers; the default scope ("bsn") does not, and its error against f32 is several times smaller. Elsewhere
+    both scopes are refused."""
     m = build_onnx(small_purifier(baseline="bilateral"), dynamic_hw=True).SerializeToString()
+    with pytest.raises(UserError, match="bf16_scope must be one of bsn, all, got 'body'"):
+        OpenVINORunner(m, bf16_scope="body")
+    if "bf16" not in cpu.native_precisions():  # refused, whatever the scope
+        with pytest.raises(UserError, match="no native BF16"):
+            OpenVINORunner(m, precision="bf16", bf16_scope="all").activate()
+        return
     x = np.random.default_rng(0).random((2, 3, 40, 36), dtype=np.float32)
     with OpenVINORunner(m, precision="f32", threads=1) as r:
         ref = r.infer(x)
@@ -171,8 +176,6 @@ def test_bf16_of_the_bsn_only_is_closer_to_f32_than_the_bf16_hint():
             rms[scope] = float(np.sqrt(np.mean((r.infer(x) - ref) ** 2)))
             assert r.record["bf16_scope"] == scope and "bf16" in r.layer_precisions["Convolution"]
     assert 0 < rms["bsn"] < rms["all"] / 2, rms  # measured 2.3e-4 vs 7.5e-4
-    with pytest.raises(UserError, match="bf16_scope must be one of bsn, all, got 'body'"):
-        OpenVINORunner(m, bf16_scope="body")
 
 
 def test_bf16_is_refused_when_the_isa_lacks_it(monkeypatch):
