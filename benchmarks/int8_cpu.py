@@ -98,10 +98,19 @@ def nncf_quantize(onnx_model, batches: list[np.ndarray]):
                          advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
 
 
-def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=None) -> tuple[dict, dict]:
+def holdout_error(infer, cases, refs: np.ndarray) -> dict:
+    """PSNR (None: identical) and max |error| of ``infer`` on the hold-out ``cases`` against ``refs``, the
+    reference's outputs on them."""
+    got = np.concatenate([infer(x) for _, x in cases])
+    p = psnr_or_none(got, refs)
+    return {"psnr_db": None if p is None else round(p, 2), "max_abs": float(np.abs(got - refs).max())}
+
+
+def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, cases, refs: np.ndarray,
+                  bf16=None) -> tuple[dict, dict]:
     """({label: infer}, quality record) for NNCF's int8 with f32 and (where native) bf16 for what stays float,
-    scored against ``ort_fp32`` (the reference) on the hold-out photos, beside ``bf16`` (OpenVINO bf16 of the FP32
-    model: the baseline) when given."""
+    scored against ``refs`` (ORT FP32 on the hold-out ``cases``), beside ``bf16`` (OpenVINO bf16 of the FP32 model:
+    the baseline) when given."""
     try:
         import nncf
         import onnx
@@ -115,8 +124,6 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=
     model = nncf_quantize(fp32, batches)
     core = ov.Core()
     hints = ["f32"] + (["bf16"] if "bf16" in cpu.native_precisions() else [])
-    cases = quantize.holdout_cases(h, w)
-    refs = np.concatenate([ort_fp32(x) for _, x in cases])
     bsn = quantize.bsn_subgraph(fp32)
     bsn_q = nncf_quantize(bsn, [x[:, :, :quantize.BLIND_SPOT_MAX_SIDE, :quantize.BLIND_SPOT_MAX_SIDE]
                                 for x in batches])
@@ -124,20 +131,15 @@ def nncf_backends(fp32_path: Path, threads: int, h: int, w: int, ort_fp32, bf16=
                         "float": "as export --int8 (first masked layers, baselines), plus GS and everything from "
                                  "the head block on; NNCF places the rest", "reference": "fp32 ONNX on onnxruntime-cpu"}
 
-    def error(infer) -> dict:
-        got = np.concatenate([infer(x) for _, x in cases])
-        p = psnr_or_none(got, refs)  # None: identical
-        return {"psnr_db": None if p is None else round(p, 2), "max_abs": float(np.abs(got - refs).max())}
-
     for hint in hints:
         cfg = _ov_config(hint, threads)
         label = f"openvino int8/nncf+{hint}"
         out[label] = StaticShapes(core, model, cfg).infer
-        quality[f"nncf+{hint}"] = error(out[label]) | {
+        quality[f"nncf+{hint}"] = holdout_error(out[label], cases, refs) | {
             "blind_spot_max_abs_change_at_pixel": _blind_spot(core, bsn_q, cfg)}
         print(f"  nncf+{hint}: {quality[f'nncf+{hint}']}", file=sys.stderr)
     if bf16 is not None:  # the baseline these compete with: the FP32 model run in bf16
-        quality["bf16 (no int8)"] = error(bf16)
+        quality["bf16 (no int8)"] = holdout_error(bf16, cases, refs)
     return out, quality
 
 
@@ -193,21 +195,16 @@ def main() -> None:
         h, w = exports[0].input_shape[2:]
         backends = {"onnxruntime fp32": ort_backend(fp32, args.threads)}
         backends |= {f"onnxruntime int8/{form}": ort_backend(p, args.threads) for form, p in int8.items()}
+        cases = quantize.holdout_cases(h, w)
+        refs = np.concatenate([backends["onnxruntime fp32"](x) for _, x in cases])
         nncf_quality = {}
         if not args.no_openvino:
             backends |= openvino_backends(fp32, int8, args.threads)
             if not args.no_nncf:
-                more, nncf_quality = nncf_backends(fp32, args.threads, h, w, backends["onnxruntime fp32"],
-                                                   backends.get("openvino bf16"))
+                more, nncf_quality = nncf_backends(fp32, args.threads, h, w, cases, refs, backends.get("openvino bf16"))
                 backends |= more
-        cases = quantize.holdout_cases(h, w)
-        refs = np.concatenate([backends["onnxruntime fp32"](x) for _, x in cases])
-        bf16_quality = {}
-        for k in ("openvino bf16", "openvino bf16/all"):
-            if k in backends:
-                got = np.concatenate([backends[k](x) for _, x in cases])
-                bf16_quality[k.partition("/")[2] or "bsn"] = {"psnr_db": round(psnr_or_none(got, refs), 2),
-                                                              "max_abs": float(np.abs(got - refs).max())}
+        bf16_quality = {k.partition("/")[2] or "bsn": holdout_error(backends[k], cases, refs)
+                        for k in ("openvino bf16", "openvino bf16/all") if k in backends}
         load_before = os.getloadavg()
         rows = []
         for b in args.batches:
