@@ -81,7 +81,7 @@ def test_openvino_bf16_row_with_its_psnr_or_a_clear_refusal(tinymod):
     rep = run_eval(opts)
     bf16, f32 = _rows(rep, "openvino:bf16")["ncis"], _rows(rep, "openvino:f32")["ncis"]
     convs = bf16["runner"]["layer_precisions"]["Convolution"]
-    # every BSN conv in bf16; the blind baseline's (the bilateral's 4 gathers and its mean4) in f32
+    # every BSN conv in bf16; the blind baseline's (the bilateral's 3 gathers and its mean4) in f32
     assert bf16["runner"]["precision"] == "bf16" and bf16["runner"]["bf16_scope"] == "bsn"
     assert convs["bf16"] > 50 and convs.get("f32", 0) <= 5, convs
     assert f32["runner"]["precision"] == "f32"

@@ -15,6 +15,7 @@ from ncis_deploy.exporters.manifest import sha256_file
 from ncis_deploy.exporters.onnx import build_onnx, count_macs
 from ncis_deploy.exporters.pipeline import ExportOptions, export, parse_batch
 from ncis_deploy.errors import UserError
+from ncis_deploy.model import bsn as bsn_module
 from ncis_deploy.model.purifier import Purifier
 from ncis_deploy.runners import make_runner
 
@@ -93,6 +94,38 @@ def test_graph_is_shaped_for_the_cpu_runtimes():
     assert not any(n.op_type == "Softmax" for n in m.graph.node)
     splits = [n for n in m.graph.node if n.op_type == "Split"]
     assert splits and all(len(n.output) == 3 and all(inits[n.input[1]] == 1) for n in splits)
+
+
+def _bilateral_only(dynamic_hw=False, fp16=False):
+    """A fresh BSN over the bilateral: its correction starts at 0, so the export computes the baseline alone."""
+    p = Purifier({"stages": [{"type": "bsn", "iterations": 1}], "clamp": False,
+                  "bsn": {"channels": 3, "layers": 2, "filters": 4, "baseline": "bilateral"}}).eval()
+    return p, build_onnx(p, None if dynamic_hw else 12, None if dynamic_hw else 12, dynamic_hw=dynamic_hw, fp16=fp16)
+
+
+def test_exported_bilateral_is_the_models_and_blind_at_every_pixel():
+    """The export writes the bilateral's softmax without its max and its in-image mask as a far-off pad value
+    (exporters/onnx.py): the same numbers, still blind at every pixel (borders, where the pad is read, included),
+    and finite for input far outside [0, 1], where a plain exp / sum would give 0 / 0."""
+    p, m = _bilateral_only()
+    gathers = [n for n in m.graph.node if n.op_type == "Conv" and n.name.startswith("bilateral")]
+    assert len(gathers) == 3 and "ReduceMax" not in [n.op_type for n in m.graph.node]  # one gather per channel
+    x = np.random.default_rng(0).random((1, 3, 12, 12), dtype=np.float32)
+    with torch.no_grad():
+        assert torch.allclose(p(torch.from_numpy(x)), bsn_module.bilateral(torch.from_numpy(x)), atol=1e-7)
+        ref = p(torch.from_numpy(x)).numpy()
+    with make_runner("onnxruntime", m.SerializeToString()) as r:
+        assert np.abs(r.infer(x) - ref).max() < 1e-6
+        same = np.repeat(x, 144, axis=0)
+        moved, k, (ii, jj) = same.copy(), np.arange(144), np.divmod(np.arange(144), 12)
+        moved[k, :, ii, jj] = 1.0 - moved[k, :, ii, jj]  # image k has its pixel k moved
+        assert np.array_equal(r.infer(moved)[k, :, ii, jj], r.infer(same)[k, :, ii, jj])
+    with make_runner("onnxruntime", m.SerializeToString(), check_range=False) as r:
+        assert np.isfinite(r.infer(x * 255.0)).all()
+    for dyn, fp16 in ((True, False), (False, True)):
+        _, other = _bilateral_only(dyn, fp16)
+        assert ("ReduceMax" in [n.op_type for n in other.graph.node]) == fp16  # fp16 underflows at exp(-17)
+        assert np.abs(ort(other, x) - ref).max() < (1e-2 if fp16 else 1e-6)
 
 
 def test_live_tap_bsn_needs_at_most_062_of_dense_macs():

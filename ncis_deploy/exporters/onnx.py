@@ -228,45 +228,49 @@ def _mean4(g: _Graph, x: str, channels: int) -> str:
                 pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1])
 
 
+# what an out-of-image tap reads instead of the model's zero pad: its squared distance to any guide in [0, 1] is >= 81
+# per channel, so its logit is <= -81 / h² = -8100 and its weight exp() is exactly 0 in float32 and float16, and
+# 0 · 10 adds nothing: the function of the model's zero pad and -1e4 logit, without gathering an in-image mask
+_OUTSIDE = 10.0
+
+
 def _bilateral(g: _Graph, x: str, channels: int) -> str:
     """The blind bilateral baseline (:func:`ncis_deploy.model.bsn.bilateral`) in 4-D ops only: a one-hot conv
-    gathers the T neighbours of each channel's plane into its own [N, T, H, W], and the weights are a softmax over T
-    of spatial − ‖n − mean4‖² / h² − (outside the image ? 10⁴ : 0)."""
+    gathers the T neighbours of each channel's plane into its own [N, T, H, W], and the weights are
+    exp(spatial − ‖n − mean4‖² / h²), normalised over T once at the end.
+
+    Three steps of the model's form cost more than they buy on the CPU: the in-image mask (a fourth gather, of a
+    plane of ones) is replaced by :data:`_OUTSIDE` padding (with the max below: the ``ncis`` purifier at 224², OpenVINO
+    bf16 31.2 → 29.6 ms, ORT FP32 107 → 102 ms, measured interleaved: docs/export.md); Softmax over
+    axis 1 of NCHW made ORT transpose to the last axis and back and OpenVINO reorder out of its blocked layout, so
+    it is written out; and in float32 its max subtraction is dropped: every logit is <= 0 (no overflow), and for
+    inputs in [0, 1] one of the 4 nearest taps is within ‖n − mean4‖² <= 0.75 of the guide, so the largest weight is
+    >= exp(-26) and the sum never underflows. Float16 underflows at exp(-17), so an fp16 graph keeps the max.
+    A sum floored at the smallest normal float keeps input far outside [0, 1] from giving 0 / 0."""
     r = BILATERAL_RADIUS
     k, spatial = bilateral_taps(channels)
     t = k.shape[0] // channels
-    pads = g.const([0, 0, r, r, 0, 0, r, r], np.int64)
     one_hot = g.init("bilateral_taps_w", _np(k[:t]))  # [T, 1, 2r+1, 2r+1], the same for every channel
-
-    def gather(plane: str, hint: str) -> str:
-        return g.op("Conv", [plane, one_hot], hint, kernel_shape=[2 * r + 1] * 2, group=1, pads=[0, 0, 0, 0],
-                    strides=[1, 1], dilations=[1, 1])
-
     # split the 3-channel input, not the 3·T-channel taps: OpenVINO's CPU plugin splits with a reference kernel
-    padded = g.op("Pad", [x, pads], "bilateral_taps_pad", mode="constant")
-    taps = [gather(p, "bilateral_taps") for p in g.split(padded, [1] * channels, "bilateral_planes")]
+    padded = g.op("Pad", [x, g.const([0, 0, r, r, 0, 0, r, r], np.int64), g.const(_OUTSIDE, g.dtype)],
+                  "bilateral_taps_pad", mode="constant")
+    taps = [g.op("Conv", [p, one_hot], "bilateral_taps", kernel_shape=[2 * r + 1] * 2, group=1, pads=[0, 0, 0, 0],
+                 strides=[1, 1], dilations=[1, 1]) for p in g.split(padded, [1] * channels, "bilateral_planes")]
     guides = g.split(_mean4(g, x, channels), [1] * channels, "bilateral_guide_split")
     d2 = None
     for tc, gc in zip(taps, guides):
         diff = g.op("Sub", [tc, gc])
         sq = g.op("Mul", [diff, diff])
         d2 = sq if d2 is None else g.op("Add", [d2, sq])
-    ones = g.op("Add", [g.op("Mul", [g.op("Slice", [x, g.const([0], np.int64), g.const([1], np.int64),
-                                                      g.const([1], np.int64)]), g.const(0.0, g.dtype)]),
-                       g.const(1.0, g.dtype)])
-    inside = gather(g.op("Pad", [ones, pads], "bilateral_inside_pad", mode="constant"), "bilateral_inside")
     logits = g.op("Mul", [d2, g.const(-1.0 / (channels * BILATERAL_H ** 2), g.dtype)])
     logits = g.op("Add", [logits, g.init("bilateral_spatial", _np(spatial).reshape(1, -1, 1, 1))])
-    logits = g.op("Add", [logits, g.op("Mul", [g.op("Sub", [inside, g.const(1.0, g.dtype)]),
-                                               g.const(1e4, g.dtype)])])
-    # the softmax written out, normalised once at the end: Softmax over axis 1 of NCHW made ORT transpose to the last
-    # axis and back (26 ms of a 250 ms profiled 224² run) and OpenVINO reorder out of its blocked layout (9 ms); the
-    # max tap contributes exp(0) = 1, so the sum is >= 1 and nothing underflows to 0 / 0
     axis = g.const([1], np.int64)
-    e = g.op("Exp", [g.op("Sub", [logits, g.op("ReduceMax", [logits, axis], "bilateral_max", keepdims=1)])],
-             "bilateral_exp")
+    if g.dtype != np.float32:
+        logits = g.op("Sub", [logits, g.op("ReduceMax", [logits, axis], "bilateral_max", keepdims=1)])
+    e = g.op("Exp", [logits], "bilateral_exp")
     outs = [g.op("ReduceSum", [g.op("Mul", [tc, e]), axis], "bilateral_sum", keepdims=1) for tc in taps]
-    total = g.op("ReduceSum", [e, axis], "bilateral_norm", keepdims=1)
+    total = g.op("Max", [g.op("ReduceSum", [e, axis], "bilateral_norm", keepdims=1),
+                         g.const(np.finfo(g.dtype).tiny, g.dtype)])
     return g.op("Div", [g.op("Concat", outs, "bilateral_cat", axis=1), total], "bilateral")
 
 
