@@ -26,7 +26,7 @@ from ncis_deploy import cpu
 from ncis_deploy.exporters import quantize
 from ncis_deploy.exporters.pipeline import versions
 from ncis_deploy.fileio import write_json
-from ncis_deploy.runners.openvino import StaticShapes, import_openvino, type_bsn_bf16
+from ncis_deploy.runners.openvino import StaticShapes, import_openvino, prepare_bf16
 
 RESULT = Path(__file__).parent / "results" / "graph-ab.json"
 
@@ -40,7 +40,7 @@ def openvino_backend(path: Path, precision: str, threads: int):
     ov = import_openvino()
     core = ov.Core()
     model = core.read_model(str(path))
-    hint = "f32" if precision == "f32" or type_bsn_bf16(model) else "bf16"  # as the runner: typed, else the hint
+    hint = "f32" if precision == "f32" else prepare_bf16(model)[1]  # bf16 as the runner runs it
     cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     return StaticShapes(core, model, cfg).infer
 

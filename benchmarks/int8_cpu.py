@@ -44,7 +44,7 @@ from ncis_deploy.exporters.quantize import INT8_FORMS
 from ncis_deploy.fileio import write_json
 from ncis_deploy.quality import psnr_or_none
 from ncis_deploy.runners.onnxruntime import open_session
-from ncis_deploy.runners.openvino import StaticShapes, type_bsn_bf16
+from ncis_deploy.runners.openvino import StaticShapes, prepare_bf16
 
 RESULT = Path(__file__).parent / "results" / "int8-cpu.json"
 
@@ -73,8 +73,8 @@ def openvino_backends(fp32: Path, int8: dict[str, Path], threads: int) -> dict:
     out = {}
     for label, path, hint in todo:
         model = core.read_model(str(path))
-        if hint == "bsn":  # as the runner: typed, compiled with the f32 hint; nothing listed to type, the bf16 hint
-            hint = "f32" if type_bsn_bf16(model) else "bf16"
+        if hint == "bsn":  # as the runner
+            _, hint = prepare_bf16(model)
         out[label] = StaticShapes(core, model, _ov_config(hint, threads)).infer
     return out
 

@@ -152,6 +152,14 @@ def type_bsn_bf16(model) -> int:
     return type_bf16(model, set(model.get_rt_info(key).astype(str).split(",")))
 
 
+def prepare_bf16(model) -> tuple[int, str]:
+    """The openvino runner's bf16 on ``model`` (changed in place): (ops typed by :func:`type_bsn_bf16`, the
+    inference-precision hint to compile with). f32 where anything was typed, so the image-scale ops stay f32;
+    OpenVINO's own bf16 hint where nothing was (an export without the list)."""
+    typed = type_bsn_bf16(model)
+    return typed, "f32" if typed else "bf16"
+
+
 def bf16_hint_note(model, label: str) -> str | None:
     """What to tell the user when ``label``'s bf16 run of ``model`` (an ONNX path or bytes) falls back to OpenVINO's
     own hint although its purifier has a BSN: it was exported before ``ncis_deploy.bf16_nodes``. None otherwise."""
@@ -330,9 +338,7 @@ class OpenVINORunner(Runner):
             cpu.check_int8_weights(self._onnx_proto, "OpenVINO", self._where)
         expected, self.bf16_ops = _HINTS[precision], 0
         if precision == "bf16" and self.bf16_scope == "bsn":
-            self.bf16_ops = type_bsn_bf16(model)
-            if self.bf16_ops:
-                expected = "f32"  # the typed ops run bf16; the hint must not round the image-scale ops too
+            self.bf16_ops, expected = prepare_bf16(model)
         config = {"INFERENCE_PRECISION_HINT": expected, "PERFORMANCE_HINT": "LATENCY"}
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
